@@ -1,0 +1,41 @@
+"""Length-sorted batching under a token budget; the order key restores input order afterwards."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def plan_batches(lengths: np.ndarray, token_budget: int, max_sentences: int | None = None) -> list[np.ndarray]:
+    """Group sentence indices into batches of similar length.
+
+    Sentences are sorted by length (stable) and cut greedily so that ``batch size x longest``
+    (the padded token count) stays within ``token_budget``; a sentence longer than the budget gets
+    a batch of its own.
+
+    Args:
+        lengths: (N,) tokens per sentence.
+        token_budget: max padded tokens per batch.
+        max_sentences: optional cap on sentences per batch.
+    Returns:
+        list of index arrays into ``lengths``; together they cover every index once.
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget must be >= 1, got {token_budget}")
+    order = np.argsort(lengths, kind="stable")[::-1]  # longest first
+    batches: list[np.ndarray] = []
+    start, n = 0, len(order)
+    while start < n:
+        longest = max(int(lengths[order[start]]), 1)
+        size = max(1, token_budget // longest)
+        if max_sentences:
+            size = min(size, max_sentences)
+        batches.append(order[start:start + size])
+        start += size
+    return batches
+
+
+def padding_ratio(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
+    """Share of padded positions among all positions the model computes."""
+    real = int(lengths.sum())
+    padded = sum(len(b) * int(lengths[b].max(initial=0)) for b in batches)
+    return 0.0 if padded == 0 else 1.0 - real / padded

@@ -1,0 +1,1 @@
+"""Text handling: tokenization and ELMo character ids."""

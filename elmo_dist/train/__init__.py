@@ -1,0 +1,1 @@
+"""Training-side helpers: building the openly licensed training corpus for the biLM."""
