@@ -59,13 +59,16 @@ class BiLstmLayer(nn.Module):
         gates_in = gates_in.to(x.dtype).view(2, t_max, b_max, 4 * c)  # (2, T, B, 4C)
         bias = self.bias + self.forget_bias  # (2, 4C)
         gates_in = gates_in + bias[:, None, None, :]
-        out = x.new_zeros(2, t_max, b_max, d)  # (2, T, B, D)
+        training = torch.is_grad_enabled() and self.w_rec.requires_grad
+        out = None if training else x.new_zeros(2, t_max, b_max, d)  # (2, T, B, D)
+        steps: list[torch.Tensor] = []  # with autograd: no in-place writes, stack at the end
         h = x.new_zeros(2, b_max, d)  # (2, B, D) projected state
         cell = x.new_zeros(2, b_max, c)  # (2, B, C) memory cell
+        gin = gates_in.unbind(1)  # T x (2, B, 4C): per-step views keep autograd's slice cost small
         for t, b in enumerate(batch_sizes):
             h, cell = h[:, :b], cell[:, :b]  # rows past their end drop out (sorted by length)
-            rec = torch.bmm(h.to(cd), w_rec_t[:, :, :]).to(x.dtype)  # (2, b, 4C)
-            z = gates_in[:, t, :b] + rec  # (2, b, 4C)
+            rec = torch.bmm(h.to(cd), w_rec_t).to(x.dtype)  # (2, b, 4C)
+            z = gin[t][:, :b] + rec  # (2, b, 4C)
             i, j, f, o = z.split(c, dim=-1)  # TF order
             cell = torch.sigmoid(i) * torch.tanh(j) + torch.sigmoid(f) * cell  # (2, b, C)
             if self.cell_clip:
@@ -74,7 +77,14 @@ class BiLstmLayer(nn.Module):
             h = torch.bmm(m.to(cd), w_proj_t).to(x.dtype)  # (2, b, D)
             if self.proj_clip:
                 h = h.clamp(-self.proj_clip, self.proj_clip)
-            out[:, t, :b] = h
+            if training:
+                steps.append(torch.nn.functional.pad(h, (0, 0, 0, b_max - b)))
+            else:
+                out[:, t, :b] = h
+        if training:
+            out = torch.stack(steps, dim=1) if steps else x.new_zeros(2, 0, b_max, d)
+            if out.shape[1] < t_max:
+                out = torch.nn.functional.pad(out, (0, 0, 0, 0, 0, t_max - out.shape[1]))
         return out
 
 

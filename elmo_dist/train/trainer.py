@@ -1,0 +1,345 @@
+"""Train (or fine-tune) an ELMo biLM with the ELMo objective and export it in the official format.
+
+One char-CNN token encoder feeds a forward and a backward LSTM language model (the same ``BiLM`` the
+inference path uses); the forward LM predicts the next word, the backward LM the previous one, over a
+word vocabulary with an adaptive softmax shared by both directions. Each sentence is one sequence
+``<S> w1 .. wn </S>`` starting from a zero state: the same regime as stateless inference.
+
+Checkpoints (model, optimizer, schedule, data position, RNG) are written every few minutes and on
+exit; rerunning the same command resumes. ``export`` writes options.json + weights.hdf5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from elmo_dist.model.elmo import BiLM, Batch, Elmo
+from elmo_dist.model.options import ElmoOptions
+from elmo_dist.stages.batch import plan_batches
+
+logger = logging.getLogger(__name__)
+
+UNK, BOS, EOS = "<UNK>", "<S>", "</S>"
+
+ARCHS = {
+    # name: (filters, n_highway, char dim, lstm dim, projection dim)
+    "mini": ([[1, 32], [2, 32], [3, 64], [4, 128], [5, 256]], 1, 16, 512, 128),
+    "small-512": ([[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512]], 1, 16, 1024, 128),
+    "tiny": ([[1, 4], [2, 8], [3, 16]], 1, 4, 32, 16),
+}
+
+
+def make_options(arch: str, cell_clip: float = 3.0, proj_clip: float = 3.0) -> ElmoOptions:
+    filters, n_highway, e, c, p = ARCHS[arch]
+    return ElmoOptions.from_dict({
+        "char_cnn": {"activation": "relu", "filters": filters, "n_highway": n_highway,
+                     "embedding": {"dim": e}, "n_characters": 262, "max_characters_per_token": 50},
+        "lstm": {"dim": c, "projection_dim": p, "n_layers": 2, "cell_clip": cell_clip,
+                 "proj_clip": proj_clip, "use_skip_connections": True},
+    })
+
+
+@dataclass
+class TrainConfig:
+    corpus: str
+    out: str
+    arch: str = "mini"
+    vocab_size: int = 30000
+    token_budget: int = 2048
+    lr: float = 2e-3
+    warmup_steps: int = 200
+    max_minutes: float = 60.0
+    max_steps: int = 0  # 0 = until max_minutes
+    clip_norm: float = 1.0
+    dropout: float = 0.1
+    checkpoint_minutes: float = 5.0
+    eval_every: int = 500
+    eval_tokens: int = 60000
+    seed: int = 1234
+    threads: int = 2
+    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
+
+
+def read_sentences(path: str, limit_tokens: int = 0) -> list[list[str]]:
+    out, n = [], 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            toks = line.split()
+            if toks:
+                out.append(toks)
+                n += len(toks)
+                if limit_tokens and n >= limit_tokens:
+                    break
+    return out
+
+
+def build_vocab(sentences: list[list[str]], size: int) -> list[str]:
+    counts = collections.Counter(t for s in sentences for t in s)
+    words = [w for w, _ in counts.most_common(max(0, size - 3))]
+    return [BOS, EOS, UNK] + [w for w in words if w not in (BOS, EOS, UNK)]
+
+
+class LMHead(nn.Module):
+    """Adaptive softmax over the word vocabulary, shared by both directions."""
+
+    def __init__(self, dim: int, vocab: int, cutoffs: list[int], dropout: float):
+        super().__init__()
+        cutoffs = [c for c in cutoffs if c < vocab - 1] or [max(1, vocab // 2)]
+        self.drop = nn.Dropout(dropout)
+        self.softmax = nn.AdaptiveLogSoftmaxWithLoss(dim, vocab, cutoffs=cutoffs, div_value=4.0)
+
+    def forward(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """h (N, D), target (N,) -> summed negative log-likelihood."""
+        return -self.softmax(self.drop(h), target).output.sum()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        torch.manual_seed(cfg.seed)
+        torch.set_num_threads(cfg.threads)
+        self.train = read_sentences(os.path.join(cfg.corpus, "train.txt"))
+        self.valid = read_sentences(os.path.join(cfg.corpus, "valid.txt"), cfg.eval_tokens)
+        vocab_path = os.path.join(cfg.out, "vocab.txt")
+        if os.path.exists(vocab_path):
+            self.vocab = open(vocab_path, encoding="utf-8").read().split("\n")
+        else:
+            self.vocab = build_vocab(self.train, cfg.vocab_size)
+            os.makedirs(cfg.out, exist_ok=True)
+            with open(vocab_path, "w", encoding="utf-8") as fh:
+                fh.write("\n".join(self.vocab))
+        self.word_id = {w: i for i, w in enumerate(self.vocab)}
+        self.opts = make_options(cfg.arch)
+        self.bilm = BiLM(self.opts)
+        self._init_weights()
+        p = self.opts.lstm.projection_dim
+        self.head = LMHead(p, len(self.vocab), cfg.cutoffs, cfg.dropout)
+        params = list(self.bilm.parameters()) + list(self.head.parameters())
+        self.optim = torch.optim.Adam(params, lr=cfg.lr)
+        self.step, self.epoch, self.cursor, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
+        self.history: list[dict] = []
+        self._order: list[np.ndarray] | None = None
+        self._resume()
+        n_params = sum(x.numel() for x in self.bilm.parameters())
+        n_tok = sum(len(s) for s in self.train)
+        logger.info("arch %s: %.2fM biLM parameters; %d train sentences, %d tokens; vocab %d",
+                    cfg.arch, n_params / 1e6, len(self.train), n_tok, len(self.vocab))
+
+    def _init_weights(self) -> None:
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        for name, prm in self.bilm.named_parameters():
+            if prm.dim() >= 2:
+                fan_in = prm.shape[-1] if "w_" in name else prm[0].numel()
+                with torch.no_grad():
+                    prm.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=g)
+            elif "bias" in name:
+                with torch.no_grad():
+                    prm.zero_()
+        with torch.no_grad():
+            self.bilm.char_cnn.char_embed.weight.uniform_(-1.0, 1.0, generator=g)
+            self.bilm.char_cnn.char_embed.weight[0].zero_()
+            for hw in self.bilm.char_cnn.highways:  # carry-gate bias -2: start close to identity
+                f = hw.bias.shape[0] // 2
+                hw.bias[f:].fill_(-2.0)
+
+    # ---- data -----------------------------------------------------------------------------
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng(self.cfg.seed + epoch)
+        lengths = np.array([len(s) for s in self.train])
+        perm = rng.permutation(len(self.train))
+        batches = []
+        chunk = 50 * max(1, self.cfg.token_budget // 25)  # bucket within chunks of shuffled data
+        for start in range(0, len(perm), chunk):
+            idx = perm[start:start + chunk]
+            batches += [idx[b] for b in plan_batches(lengths[idx] + 2, self.cfg.token_budget)]
+        rng.shuffle(batches)
+        return batches
+
+    def _targets(self, sents: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Word ids (B, T+2) of ``<S> w1..wn </S>``; -1 past the end."""
+        t = max(len(s) for s in sents) + 2
+        ids = np.full((len(sents), t), -1, dtype=np.int64)
+        unk = self.word_id[UNK]
+        for b, s in enumerate(sents):
+            ids[b, : len(s) + 2] = [self.word_id[BOS]] + [self.word_id.get(w, unk) for w in s] + [self.word_id[EOS]]
+        return torch.from_numpy(ids), torch.tensor([len(s) for s in sents])
+
+    def loss(self, sents: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Summed NLL of the forward and backward LMs, and the number of predictions of each."""
+        batch = Batch.from_sentences(sents)
+        acts = self.bilm(torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
+                         torch.from_numpy(batch.lengths))  # (L+1, B, T+2, 2P)
+        top = acts[-1]  # (B, T+2, 2P)
+        p = self.opts.lstm.projection_dim
+        words, lens = self._targets(sents)  # (B, T+2), (B,)
+        pos = torch.arange(words.shape[1])[None]  # (1, T+2)
+        fwd_at = pos <= lens[:, None]  # positions 0..n predict the next word (w1..wn, </S>)
+        bwd_at = (pos >= 1) & (pos <= lens[:, None] + 1)  # positions 1..n+1 predict the previous
+        nll_f = self.head(top[..., :p][fwd_at], words[:, 1:][fwd_at[:, :-1]])
+        nll_b = self.head(top[..., p:][bwd_at], words[:, :-1][bwd_at[:, 1:]])
+        return nll_f, nll_b, int(fwd_at.sum())
+
+    # ---- loop -----------------------------------------------------------------------------
+    def evaluate(self) -> tuple[float, float]:
+        self.bilm.eval()
+        self.head.eval()
+        tot_f = tot_b = 0.0
+        n = 0
+        lengths = np.array([len(s) for s in self.valid])
+        with torch.no_grad():
+            for idx in plan_batches(lengths + 2, 4096):
+                f, b, k = self.loss([self.valid[i] for i in idx])
+                tot_f, tot_b, n = tot_f + f.item(), tot_b + b.item(), n + k
+        self.bilm.train()
+        self.head.train()
+        return math.exp(tot_f / n), math.exp(tot_b / n)
+
+    def _lr(self) -> float:
+        warm = min(1.0, (self.step + 1) / self.cfg.warmup_steps)
+        frac = min(1.0, self.elapsed / (60.0 * self.cfg.max_minutes))  # linear decay over the budget
+        return self.cfg.lr * warm * max(0.1, 1.0 - frac)
+
+    def run(self) -> None:
+        cfg = self.cfg
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        self.bilm.train()
+        self.head.train()
+        last_ckpt = t_log = time.time()
+        tok_log = 0
+        while not stop["now"]:
+            if self._order is None or self.cursor >= len(self._order):
+                if self._order is not None:
+                    self.epoch, self.cursor = self.epoch + 1, 0
+                self._order = self._epoch_batches(self.epoch)
+            t0 = time.time()
+            idx = self._order[self.cursor]
+            sents = [self.train[i] for i in idx]
+            nll_f, nll_b, n = self.loss(sents)
+            loss = (nll_f + nll_b) / (2 * n)
+            for g in self.optim.param_groups:
+                g["lr"] = self._lr()
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                list(self.bilm.parameters()) + list(self.head.parameters()), cfg.clip_norm)
+            self.optim.step()
+            self.cursor += 1
+            self.step += 1
+            self.tokens_seen += n
+            tok_log += n
+            self.elapsed += time.time() - t0
+            if self.step % 50 == 0:
+                now = time.time()
+                logger.info("step %d epoch %d loss %.3f (ppl %.1f) gnorm %.2f lr %.2e %.0f tok/s elapsed %.1f min",
+                            self.step, self.epoch, loss.item(), math.exp(loss.item()), gnorm,
+                            self._lr(), tok_log / (now - t_log), self.elapsed / 60)
+                t_log, tok_log = now, 0
+            if self.step % cfg.eval_every == 0:
+                self._eval_and_record()
+            done = (cfg.max_steps and self.step >= cfg.max_steps) or self.elapsed >= 60 * cfg.max_minutes
+            if done or time.time() - last_ckpt > 60 * cfg.checkpoint_minutes:
+                self.save_checkpoint()
+                last_ckpt = time.time()
+            if done:
+                break
+        self._eval_and_record()
+        self.save_checkpoint()
+        self.export(os.path.join(cfg.out, "model"))
+
+    def _eval_and_record(self) -> None:
+        pf, pb = self.evaluate()
+        rec = {"step": self.step, "epoch": self.epoch, "tokens": self.tokens_seen,
+               "minutes": round(self.elapsed / 60, 2), "valid_ppl_forward": round(pf, 2),
+               "valid_ppl_backward": round(pb, 2)}
+        self.history.append(rec)
+        logger.info("eval %s", rec)
+        with open(os.path.join(self.cfg.out, "history.jsonl"), "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    def _ckpt_path(self) -> str:
+        return os.path.join(self.cfg.out, "checkpoint.pt")
+
+    def save_checkpoint(self) -> None:
+        state = {"bilm": self.bilm.state_dict(), "head": self.head.state_dict(),
+                 "optim": self.optim.state_dict(), "step": self.step, "epoch": self.epoch,
+                 "cursor": self.cursor, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
+                 "history": self.history, "config": asdict(self.cfg),
+                 "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}
+        tmp = self._ckpt_path() + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, self._ckpt_path())
+        logger.info("checkpoint at step %d (%.1f min of training)", self.step, self.elapsed / 60)
+
+    def _resume(self) -> None:
+        if not os.path.exists(self._ckpt_path()):
+            return
+        state = torch.load(self._ckpt_path(), weights_only=False)
+        if state["config"]["arch"] != self.cfg.arch:
+            raise ValueError(f"checkpoint in {self.cfg.out} is arch {state['config']['arch']}, not {self.cfg.arch}")
+        self.bilm.load_state_dict(state["bilm"])
+        self.head.load_state_dict(state["head"])
+        self.optim.load_state_dict(state["optim"])
+        for k in ("step", "epoch", "cursor", "tokens_seen", "elapsed", "history"):
+            setattr(self, k, state[k])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["py_rng"])
+        self._order = self._epoch_batches(self.epoch)
+        logger.info("resumed from step %d (epoch %d, %.1f min done)", self.step, self.epoch, self.elapsed / 60)
+
+    def export(self, directory: str, dtype: str = "float32") -> Elmo:
+        elmo = Elmo(self.opts)
+        elmo.bilm.load_state_dict(self.bilm.state_dict())
+        elmo.save_pretrained(directory, dtype=dtype)
+        logger.info("exported %s", directory)
+        return elmo
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig(corpus="", out="")
+    p.add_argument("--corpus", required=True, help="directory with train.txt and valid.txt (one tokenized sentence per line)")
+    p.add_argument("--out", required=True, help="run directory: vocab, checkpoint.pt, history.jsonl, model/")
+    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS))
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
+    p.add_argument("--token-budget", type=int, default=d.token_budget, help="padded tokens per batch")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes, help="training time budget (resumes count)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--seed", type=int, default=d.seed)
+
+
+def run_from_args(args: argparse.Namespace) -> None:
+    cfg = TrainConfig(corpus=args.corpus, out=args.out, arch=args.arch, vocab_size=args.vocab_size,
+                      token_budget=args.token_budget, lr=args.lr, max_minutes=args.max_minutes,
+                      max_steps=args.max_steps, eval_every=args.eval_every,
+                      checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, seed=args.seed)
+    Trainer(cfg).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="elmo-dist train", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_from_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
