@@ -6,7 +6,6 @@ U distinct tokens in a batch, D = 2 x projection dim (output width), L + 1 outpu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ import torch.nn as nn
 
 from elmo_dist.model.bilstm import BiLstm
 from elmo_dist.model.char_cnn import CharCNN
+from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
 from elmo_dist.text.chars import BOS_IDS, EOS_IDS, tokens_to_char_ids
@@ -142,6 +142,26 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+def load_official_files(path: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
+    """Options and weight arrays of a model directory (local or URI), validated.
+
+    ``path`` may also name the two files as ``"options.json,weights.hdf5"``.
+    """
+    if "," in path:
+        opt_uri, w_uri = path.split(",", 1)
+    else:
+        base = path.rstrip("/")
+        opt_uri, w_uri = f"{base}/options.json", f"{base}/weights.hdf5"
+    try:
+        text = _read_text(opt_uri)
+    except FileNotFoundError:
+        raise OptionsError(f"{opt_uri}: no such options file (expected options.json beside weights.hdf5)") from None
+    except OSError as e:
+        raise OptionsError(f"{opt_uri}: cannot read options ({type(e).__name__}: {e})") from None
+    opts = ElmoOptions.from_json(text, source=opt_uri)
+    return opts, read_weights(w_uri, opts)
+
+
 def _read_text(uri: str) -> str:
     if "://" in uri and not uri.startswith("file://"):
         import fsspec
@@ -185,24 +205,10 @@ class Elmo(nn.Module):
 
             path = default_model_path()
         path = str(path)
-        if "," in path:
-            opt_uri, w_uri = path.split(",", 1)
-        else:
-            base = path.rstrip("/")
-            opt_uri, w_uri = f"{base}/options.json", f"{base}/weights.hdf5"
-        try:
-            text = _read_text(opt_uri)
-        except FileNotFoundError:
-            raise OptionsError(f"{opt_uri}: no such options file (expected options.json beside weights.hdf5)") from None
-        opts = ElmoOptions.from_json(text, source=opt_uri)
-        weights = read_weights(w_uri, opts)
+        opts, weights = load_official_files(path)
         model = cls(opts, mix_weights, gamma, compute_dtype)
         model.load_official(weights)
-        h = hashlib.sha256(json.dumps(opts.to_official_dict(), sort_keys=True).encode())
-        for name in sorted(weights):
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(weights[name]).tobytes())
-        model.fingerprint = h.hexdigest()[:16]
+        model.fingerprint = fingerprint_arrays(opts, weights)
         model.source = path
         logger.info("loaded ELMo %s (D=%d, %d layers, fingerprint %s)", path,
                     opts.output_dim, model.bilm.num_layers, model.fingerprint)

@@ -243,7 +243,7 @@ class Trainer:
             self.tokens_seen += n
             tok_log += n
             self.elapsed += time.time() - t0
-            if self.step % 50 == 0:
+            if self.step % 20 == 0:
                 now = time.time()
                 logger.info("step %d epoch %d loss %.3f (ppl %.1f) gnorm %.2f lr %.2e %.0f tok/s elapsed %.1f min",
                             self.step, self.epoch, loss.item(), math.exp(loss.item()), gnorm,

@@ -1,0 +1,174 @@
+"""elmo-dist: ELMo embeddings of Parquet corpora on Ray.
+
+A thin layer over the library: parse flags -> JobConfig -> pipeline.run().
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+EPILOG = """\
+examples:
+  elmo-dist embed corpus/ --output out/ --text-column text --id-column id
+  ray start --head && elmo-dist embed s3://bucket/corpus/ --output s3://bucket/emb/ --address auto
+  elmo-dist search out/ "a query sentence" -k 5
+  elmo-dist train --corpus corpus_dir/ --out runs/mini
+
+Rerunning the same `embed` command resumes an interrupted job (finished work units are skipped);
+the output's _job/ directory holds the config, its fingerprint, completion records and stats.
+"""
+
+
+def _layer_or_name(value: str) -> Any:
+    return int(value) if value.isdigit() else value
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="Parquet files, directories or globs; local paths or s3:// URIs")
+    p.add_argument("--output", "-o", required=True, help="output directory (local or s3://)")
+    p.add_argument("--model", help="model directory with options.json + weights.hdf5 (local or s3://); "
+                                   "default: the built-in model")
+    p.add_argument("--config", help="YAML file with any JobConfig fields (sections text/embedding/run); flags win")
+    g = p.add_argument_group("input")
+    col = g.add_mutually_exclusive_group()
+    col.add_argument("--text-column", help="column of raw text, tokenized by elmo-dist (default: text)")
+    col.add_argument("--tokens-column", help="column of pre-tokenized sentences: list<string> or list<list<string>>")
+    g.add_argument("--id-column", help="unique id column (default: file path + row number)")
+    g.add_argument("--sentence-split", choices=["pysbd", "newline", "none"], help="sentence splitter for raw text (default pysbd)")
+    g.add_argument("--max-sentence-tokens", type=int, help="cut longer sentences into chunks (default 256)")
+    g.add_argument("--max-document-chars", type=int, help="skip (and count) longer texts (default 1,000,000)")
+    g = p.add_argument_group("embeddings")
+    g.add_argument("--token-embeddings", action="store_true", default=None, help="also write one vector per token")
+    g.add_argument("--token-output", type=_layer_or_name, help="per-token vectors: mix (default), all, or a layer 0..L")
+    g.add_argument("--sentence-output", type=_layer_or_name, help="vectors pooled per sentence: mix (default) or a layer")
+    g.add_argument("--pooling", choices=["mean", "max"], help="sentence pooling (default mean)")
+    g.add_argument("--dtype", choices=["float32", "float16"], help="stored float type (default float32)")
+    g.add_argument("--mix-weights", type=lambda s: [float(x) for x in s.split(",")],
+                   help="pre-softmax scalar-mix weights, comma-separated (default equal)")
+    g.add_argument("--gamma", type=float, help="scalar-mix scale (default 1.0)")
+    g = p.add_argument_group("running")
+    g.add_argument("--address", help="Ray address; 'auto' joins a cluster started with `ray start` "
+                                     "(default: RAY_ADDRESS, the submitting job's cluster, or a local runtime)")
+    g.add_argument("--num-actors", type=int, help="embedding actors (default: sized from the cluster)")
+    g.add_argument("--cpus-per-actor", type=float, help="CPUs per actor in CPU mode (default 1)")
+    g.add_argument("--num-gpus-per-actor", type=float, help="GPUs per actor (default 1 if the cluster has GPUs, else 0)")
+    g.add_argument("--compute-dtype", choices=["float32", "bfloat16", "float16"], help="matmul precision (default float32, exact)")
+    g.add_argument("--token-budget", type=int, help="padded tokens per model call (default 4096)")
+    g.add_argument("--rows-per-unit", type=int, help="input rows per work unit (default 20000)")
+    g.add_argument("--torch-threads", type=int, help="torch threads per actor")
+
+
+_FIELDS = {
+    "model": "model", "text_column": "text.text_column", "tokens_column": "text.tokens_column",
+    "id_column": "text.id_column", "sentence_split": "text.sentence_split",
+    "max_sentence_tokens": "text.max_sentence_tokens", "max_document_chars": "text.max_document_chars",
+    "token_embeddings": "embedding.token_embeddings", "token_output": "embedding.token_output",
+    "sentence_output": "embedding.sentence_output", "pooling": "embedding.pooling", "dtype": "embedding.dtype",
+    "mix_weights": "embedding.mix_weights", "gamma": "embedding.gamma", "address": "run.address",
+    "num_actors": "run.num_actors", "cpus_per_actor": "run.cpus_per_actor",
+    "num_gpus_per_actor": "run.num_gpus_per_actor", "compute_dtype": "run.compute_dtype",
+    "token_budget": "run.token_budget", "rows_per_unit": "run.rows_per_unit", "torch_threads": "run.torch_threads",
+}
+
+
+def build_config(args: argparse.Namespace):
+    from elmo_dist.config import JobConfig
+
+    overrides = {field: getattr(args, name) for name, field in _FIELDS.items() if hasattr(args, name)}
+    if args.tokens_column:  # a flag for one input column replaces the other from a config file
+        overrides["text.text_column"] = ""
+    elif args.text_column:
+        overrides["text.tokens_column"] = ""
+    return JobConfig.build(args.config, inputs=args.inputs, output=args.output, **overrides)
+
+
+def resolve_model(model: str | None) -> str:
+    import os
+
+    from elmo_dist import default_model_path
+
+    if not model:
+        return default_model_path()
+    return model if "://" in model else os.path.abspath(model)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from elmo_dist import pipeline
+
+    cfg = build_config(args)
+    summary = pipeline.run(cfg, resolve_model(cfg.model))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from elmo_dist.train.trainer import run_from_args
+
+    run_from_args(args)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from elmo_dist.search import run_search_command
+
+    return run_search_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="elmo-dist", description=__doc__.split("\n\n")[0],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    e = sub.add_parser("embed", help="embed a Parquet corpus (resumable)",
+                       description="Embed a Parquet corpus into sentence (and token) embedding shards. "
+                                   "Rerun the same command to resume.")
+    add_job_arguments(e)
+    e.set_defaults(func=cmd_embed)
+    try:
+        from elmo_dist.search import add_search_arguments
+
+        s = sub.add_parser("search", help="nearest sentences to a query in an embedded output",
+                           description="Cosine search over an output directory's sentence embeddings.")
+        add_search_arguments(s)
+        s.set_defaults(func=cmd_search)
+    except ImportError:
+        pass
+    try:
+        from elmo_dist.refresh import add_refresh_arguments, cmd_refresh
+
+        r = sub.add_parser("refresh", help="incremental refresh: embed new/changed files, publish a new version",
+                           description="Compare the corpus with the last published version and embed only what changed.")
+        add_job_arguments(r)
+        add_refresh_arguments(r)
+        r.set_defaults(func=cmd_refresh)
+    except ImportError:
+        pass
+    from elmo_dist.train.trainer import add_arguments
+
+    t = sub.add_parser("train", help="train or fine-tune a biLM; exports options.json + weights.hdf5",
+                       description="Train an ELMo biLM (forward and backward LMs over a char-CNN) on a tokenized corpus.")
+    add_arguments(t)
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from elmo_dist.errors import USER_ERRORS
+
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"elmo-dist: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
