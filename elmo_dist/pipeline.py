@@ -56,7 +56,10 @@ class EmbedWriter:
                  job_dir: str = JOB_DIR, subdir: str = ""):
         from elmo_dist.stages.embed import Embedder, pick_device
 
+        import ray
+
         self.device = pick_device(num_gpus)
+        self.gpu_ids = [int(g) if str(g).isdigit() else g for g in ray.get_gpu_ids()]
         self.embedder = Embedder(model, embedding, token_budget=token_budget, compute_dtype=compute_dtype,
                                  device=self.device, threads=threads)
         if self.embedder.elmo.fingerprint != metadata["model"]["fingerprint"]:
@@ -77,7 +80,8 @@ class EmbedWriter:
             embedded, estats = self.embedder(table)
             t0 = time.perf_counter()
             files = write_unit(embedded, self.output, row["unit_id"], self.schema, subdir=self.subdir)
-            stats.update(estats, write_seconds=time.perf_counter() - t0, device=self.device, files=len(files))
+            stats.update(estats, write_seconds=time.perf_counter() - t0, device=self.device,
+                         gpu_ids=self.gpu_ids, files=len(files))
             self.state.record(row["unit_id"], files, stats)
             out.append({"unit_id": row["unit_id"], "stats": json.dumps(stats)})
         return pa.Table.from_pylist(out)

@@ -7,10 +7,10 @@ modification time or ETag) and its row groups, so a changed file gets new unit i
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
 import posixpath
+import re
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
@@ -69,6 +69,25 @@ def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), posixpath.abspath(uri)
 
 
+def _glob_regex(pattern: str) -> re.Pattern:
+    """``*`` and ``?`` stay within one path segment; ``**`` crosses segments."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
 def _to_uri(pattern: str, path: str) -> str:
     if "://" in pattern:
         return f"{pattern.split('://', 1)[0]}://{path}"
@@ -91,7 +110,8 @@ def list_inputs(patterns: list[str]) -> list[InputFile]:
             base = path.split("*")[0].split("?")[0].split("[")[0]
             base = base if base.endswith("/") else posixpath.dirname(base)
             infos = _list_dir(fs, base.rstrip("/") or "/", pattern)
-            infos = [i for i in infos if fnmatch.fnmatch(i.path, path)]
+            rx = _glob_regex(path)
+            infos = [i for i in infos if rx.fullmatch(i.path)]
         else:
             info = _info(fs, path, pattern)
             if info.type == pafs.FileType.NotFound:

@@ -1,0 +1,369 @@
+"""Incremental refresh: embed only what changed in the corpus, publish it as a new version.
+
+Layout of a refresh output ``DIR`` (local or s3://)::
+
+  data/<config fp>/part-<unit>-NNNN.parquet   shards; a path is fixed by (settings+model, work unit)
+  _versions/v000001.json                      immutable manifest of each version (created exclusively):
+      {version, previous, created, config_fingerprint, model_fingerprint, model, settings,
+       inputs: {uri: {size, version, rows, units: [unit ids], files: [shards]}},
+       files: [shard paths relative to DIR], rows, run_id}
+  _current.json                               {version, manifest}: the published version, written LAST
+                                              with one atomic conditional write
+  _lease.json                                 the running refresh's lease (see elmo_dist.lease)
+  _refresh/<run id>/                          the running (or crashed) run's JobState: config, plan,
+                                              per-unit completion records; deleted after publishing
+
+A run: take the lease -> list the corpus (uri, size, mtime/version) -> compare with the current
+manifest's inputs -> plan work units of new and changed files (all files when the model or the
+text/embedding settings changed) -> embed the units that no completion record covers (records of an
+interrupted run with the same settings are reused; the run id is a hash of the settings and the
+planned unit ids, so rerunning after a crash resumes it) -> write the next manifest -> flip the
+pointer -> retention (keep the newest ``keep_versions`` published versions; delete other
+manifests, finished/crashed run state, and shards that no kept version references).
+
+Readers (``elmo_dist.output.current_files``/``read_embeddings``/search) follow the pointer to one
+manifest, so they see exactly one version, also while a refresh runs: new shards are not
+referenced until the pointer flips, and shards of kept versions are never rewritten or deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import posixpath
+import re
+import time
+from typing import Any, Callable
+
+import pyarrow.fs as pafs
+
+from elmo_dist.checkpoint import JobState
+from elmo_dist.config import ConfigError, JobConfig
+from elmo_dist.lease import Lease, LeaseError, Store, store_for
+from elmo_dist.output import CURRENT, JOB_DIR, filesystem
+
+logger = logging.getLogger(__name__)
+
+DATA = "data"
+VERSIONS = "_versions"
+RUNS = "_refresh"
+_MANIFEST_RE = re.compile(r"^v(\d+)\.json$")
+
+
+class RefreshError(RuntimeError):
+    """The output cannot be refreshed (not a refresh output, pointer changed underneath, ...)."""
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+def add_refresh_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("refresh")
+    g.add_argument("--keep-versions", type=int, default=3, metavar="N",
+                   help="published versions to keep (manifests and their shards); older ones are deleted "
+                        "(default 3; keep >= 2 so readers that started on the previous version finish)")
+    g.add_argument("--lease-seconds", type=float, default=3600.0, metavar="S",
+                   help="lifetime of the lease on the output, renewed every S/3 while the run is alive; "
+                        "a crashed run's lease expires after S (default 3600)")
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from elmo_dist.cli import build_config, resolve_model
+
+    cfg = build_config(args)
+    summary = refresh(cfg, resolve_model(cfg.model), keep_versions=args.keep_versions,
+                      lease_seconds=args.lease_seconds)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+def manifest_name(version: int) -> str:
+    return f"{VERSIONS}/v{version:06d}.json"
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _rel(root: str, path: str) -> str:
+    return path[len(root):].lstrip("/")
+
+
+def _listing(fs: pafs.FileSystem, path: str, recursive: bool = False) -> list[pafs.FileInfo]:
+    return fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+
+def _read_json(fs: pafs.FileSystem, path: str) -> Any | None:
+    try:
+        with fs.open_input_stream(path) as fh:
+            return json.loads(fh.read())
+    except FileNotFoundError:
+        return None
+
+
+def run_id_for(config_fingerprint: str, unit_ids: list[str]) -> str:
+    """Deterministic id of the work of a refresh: rerunning the same work resumes the same run."""
+    return hashlib.sha256(json.dumps([config_fingerprint, sorted(unit_ids)]).encode()).hexdigest()[:16]
+
+
+def _settings(cfg: JobConfig) -> dict[str, Any]:
+    return {"text": cfg.text.model_dump(mode="json"), "embedding": cfg.embedding.model_dump(mode="json")}
+
+
+def _why_full(current: dict[str, Any], cfg: JobConfig, model_fp: str) -> str:
+    parts = []
+    if current.get("model_fingerprint") != model_fp:
+        parts.append(f"model {current.get('model_fingerprint')} -> {model_fp}")
+    old = current.get("settings") or {}
+    for k, v in _settings(cfg).items():
+        if old.get(k) != v:
+            parts.append(f"{k} settings")
+    return "full re-embed: " + (", ".join(parts) or "settings changed")
+
+
+def _completed(fs: pafs.FileSystem, root: str, config_fp: str, wanted: set[str]) -> dict[str, dict]:
+    """Completion records of ``wanted`` units in any run dir with the same config fingerprint.
+
+    Records are written only after their shards, and retention deletes a run's records before any
+    shard, so a record found here always names existing shards.
+    """
+    found: dict[str, dict] = {}
+    if not wanted:
+        return found
+    for run in _listing(fs, posixpath.join(root, RUNS)):
+        if run.type != pafs.FileType.Directory:
+            continue
+        conf = _read_json(fs, posixpath.join(run.path, "config.json"))
+        if not conf or conf.get("fingerprint") != config_fp:
+            continue
+        for rec in _listing(fs, posixpath.join(run.path, "units")):
+            uid = posixpath.basename(rec.path)[:-5]
+            if rec.path.endswith(".json") and uid in wanted and uid not in found:
+                r = _read_json(fs, rec.path)
+                if r and r.get("files"):
+                    found[uid] = r
+    return found
+
+
+def _publish_manifest(store: Store, fs: pafs.FileSystem, root: str, manifest: dict[str, Any],
+                      floor: int) -> tuple[int, str]:
+    """Create the next manifest exclusively (published manifests are never overwritten)."""
+    nums = [int(m.group(1)) for i in _listing(fs, posixpath.join(root, VERSIONS))
+            if (m := _MANIFEST_RE.match(posixpath.basename(i.path)))]
+    version = max(nums + [floor]) + 1
+    for _ in range(100):
+        name = manifest_name(version)
+        if store.create(name, {**manifest, "version": version}) is not None:
+            return version, name
+        version += 1
+    raise RefreshError(f"could not create a new manifest under {VERSIONS}/")
+
+
+def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, keep: int,
+               lease: Lease) -> dict[str, Any]:
+    """Keep the ``keep`` newest published versions (following ``previous`` from the current one);
+    delete other manifests, all run state (we hold the lease: no run is in progress), then every
+    shard under data/ that no kept manifest references."""
+    kept: list[tuple[str, dict]] = []
+    name: str | None = current_name
+    while name and len(kept) < keep:
+        m, _ = store.read(name)
+        if not m:
+            break
+        kept.append((name, m))
+        name = manifest_name(m["previous"]) if m.get("previous") else None
+    kept_names = {n for n, _ in kept}
+    referenced = {f for _, m in kept for f in m["files"]}
+    runs = [i.path for i in _listing(fs, posixpath.join(root, RUNS)) if i.type == pafs.FileType.Directory]
+    manifests = [i.path for i in _listing(fs, posixpath.join(root, VERSIONS))
+                 if i.type == pafs.FileType.File and _rel(root, i.path) not in kept_names]
+    data = _listing(fs, posixpath.join(root, DATA), recursive=True)
+    shards = [i.path for i in data if i.type == pafs.FileType.File and _rel(root, i.path) not in referenced]
+    if isinstance(fs, pafs.LocalFileSystem):  # temporaries of interrupted pointer/lease writes
+        shards += [i.path for i in _listing(fs, root) if i.type == pafs.FileType.File
+                   and re.match(r"^_(current|lease)\.json\.tmp-[0-9a-f]{32}$", posixpath.basename(i.path))]
+    lease.check()  # never delete after losing the lease
+    for p in runs:  # records first: no record may outlive its shards
+        fs.delete_dir(p)
+    for p in manifests:
+        fs.delete_file(p)
+    for p in shards:
+        fs.delete_file(p)
+    if isinstance(fs, pafs.LocalFileSystem):  # empty data/<fp>/ and _refresh/ directories
+        dirs = [i.path for i in data if i.type == pafs.FileType.Directory] + [posixpath.join(root, RUNS)]
+        for d in sorted(dirs, key=len, reverse=True):
+            try:
+                if fs.get_file_info(d).type == pafs.FileType.Directory and not _listing(fs, d):
+                    fs.delete_dir(d)
+            except OSError:
+                pass
+    out = {"kept_versions": [m["version"] for _, m in kept], "manifests_deleted": len(manifests),
+           "shards_deleted": len(shards), "runs_deleted": len(runs)}
+    logger.info("retention: kept versions %s; deleted %d manifest(s), %d shard(s), %d run state dir(s)",
+                out["kept_versions"], len(manifests), len(shards), len(runs))
+    return out
+
+
+# ---- the refresh ----------------------------------------------------------------------------
+
+def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: float = 3600.0,
+            owner: str | None = None, _before_publish: Callable[[dict[str, Any]], None] | None = None
+            ) -> dict[str, Any]:
+    """Bring the refresh output ``cfg.output`` up to date with the corpus ``cfg.inputs``.
+
+    Returns a summary: ``version`` (current after the run), ``new_version`` (False when nothing
+    changed), ``added``/``changed``/``deleted`` (file URIs), ``unchanged`` (count),
+    ``units_embedded`` (this run), ``units_reused`` (records of an interrupted run), ``rows_dropped``...
+
+    ``_before_publish`` is for tests only: called with the new manifest after it is written and
+    before the pointer flips (raise from it to simulate a crash there).
+
+    Raises:
+        LeaseHeld: another refresh of the same output is running.
+        RefreshError / InputError / ConfigError: see the message.
+    """
+    if keep_versions < 1:
+        raise ConfigError("keep_versions must be >= 1")
+    t0 = time.perf_counter()
+    store = store_for(cfg.output)
+    lease = Lease(cfg.output, owner=owner, seconds=lease_seconds, store=store)
+    try:
+        lease.acquire()
+    except LeaseError:
+        raise
+    except Exception as e:  # permissions, missing bucket, unreachable endpoint
+        raise PermissionError(f"{cfg.output}: cannot take the refresh lease: output not writable or "
+                              f"unreachable ({type(e).__name__}: {e})") from None
+    with lease:
+        JobState(cfg.output, RUNS).check_writable()  # under the lease: no retention races the probe
+        summary = _refresh_locked(cfg, model, keep_versions, lease, store, _before_publish)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: Store,
+                    before_publish: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    from elmo_dist.model.fingerprint import model_fingerprint
+    from elmo_dist.pipeline import embed_units, output_metadata, summarize
+    from elmo_dist.stages.read import check_schema, list_inputs, plan_units
+
+    fs, root = filesystem(cfg.output)
+    pointer, pointer_token = store.read(CURRENT)
+    current: dict[str, Any] | None = None
+    if pointer is None:
+        if fs.get_file_info(posixpath.join(root, JOB_DIR, "config.json")).type == pafs.FileType.File:
+            raise RefreshError(f"{cfg.output} holds an `elmo-dist embed` output ({JOB_DIR}/): refresh into "
+                               "a new directory (its first run embeds everything)")
+    else:
+        if not pointer.get("manifest"):
+            raise RefreshError(f"{cfg.output}: {CURRENT} is unreadable")
+        current, _ = store.read(pointer["manifest"])
+        if not current:
+            raise RefreshError(f"{cfg.output}: {CURRENT} points at a missing manifest {pointer['manifest']}")
+
+    files = list_inputs(cfg.inputs)
+    inside = [f.uri for f in files if f.uri.startswith(cfg.output.rstrip("/") + "/")]
+    if inside:
+        raise RefreshError(f"input {inside[0]} lies inside the output {cfg.output}: give inputs that "
+                           "exclude the output directory")
+    model_fp, dim = model_fingerprint(model)
+    config_fp = cfg.fingerprint(model_fp)
+    prev_inputs: dict[str, dict] = current["inputs"] if current else {}
+    listing = {f.uri: f for f in files}
+    added = [u for u in listing if u not in prev_inputs]
+    changed = [u for u in listing if u in prev_inputs and
+               (prev_inputs[u].get("size") != listing[u].size or prev_inputs[u].get("version") != listing[u].version)]
+    deleted = sorted(u for u in prev_inputs if u not in listing)
+    unchanged = [u for u in listing if u in prev_inputs and u not in set(changed)]
+    if current is None:
+        reason = "first version"
+    elif current.get("config_fingerprint") != config_fp:
+        reason = _why_full(current, cfg, model_fp)
+    else:
+        reason = "incremental"
+    full = reason != "incremental"
+    rows_dropped = sum(int(prev_inputs[u].get("rows", 0)) for u in changed + deleted)
+    base = {"output": cfg.output, "previous_version": current["version"] if current else None,
+            "config_fingerprint": config_fp, "model_fingerprint": model_fp,
+            "added": added, "changed": changed, "deleted": deleted, "unchanged": len(unchanged),
+            "rows_dropped": rows_dropped,
+            "lease": {"owner": lease.owner, "took_over_from": (lease.taken_over or {}).get("owner")
+                      if lease.taken_over is not None else None}}
+    logger.info("%s: %d input file(s): %d added, %d changed, %d deleted, %d unchanged (%s)", cfg.output,
+                len(files), len(added), len(changed), len(deleted), len(unchanged), reason)
+
+    if not full and not (added or changed or deleted):
+        assert current is not None and pointer is not None
+        logger.info("nothing changed since version %d: no embedding work, version %d stays current",
+                    current["version"], current["version"])
+        retention = _retention(fs, root, store, pointer["manifest"], keep, lease)
+        return {**base, "version": current["version"], "new_version": False,
+                "reason": f"nothing changed: version {current['version']} stays current", "run_id": None,
+                "units_planned": 0, "units_embedded": 0, "units_reused": 0, "rows": int(current.get("rows", 0)),
+                "rows_embedded": 0, "retention": retention, "stats": None}
+
+    to_embed = files if full else [listing[u] for u in added + changed]
+    check_schema(to_embed, cfg.text)
+    units = plan_units(to_embed, cfg.run.rows_per_unit)
+    ids = [u.unit_id for u in units]
+    run_id = run_id_for(config_fp, ids)
+    records = _completed(fs, root, config_fp, set(ids))
+    pending = [u for u in units if u.unit_id not in records]
+    reused = len(units) - len(pending)
+    logger.info("%d work unit(s) planned (run %s): %d already done by an interrupted run, %d to embed",
+                len(units), run_id, reused, len(pending))
+    run_stats: dict[str, Any] = {"new_units": 0}
+    if pending:
+        state = JobState(cfg.output, f"{RUNS}/{run_id}")
+        state.begin(cfg, model_fp, ids)
+        run_stats = embed_units(cfg, model, output_metadata(cfg, model, model_fp, dim), pending, state,
+                                subdir=f"{DATA}/{config_fp}")
+        for r in state.records():
+            if r["unit"] in set(ids):
+                records[r["unit"]] = r
+    missing = [u for u in ids if u not in records]
+    if missing:
+        raise RefreshError(f"{len(missing)} work unit(s) have no completion record after embedding "
+                           f"(e.g. {missing[0]}); rerun to complete them")
+
+    inputs: dict[str, dict] = {}
+    embedded = {f.uri for f in to_embed}
+    for f in files:
+        if f.uri not in embedded:
+            inputs[f.uri] = prev_inputs[f.uri]
+            continue
+        uids = [u.unit_id for u in units if u.uri == f.uri]
+        inputs[f.uri] = {"size": f.size, "version": f.version, "rows": f.num_rows, "units": uids,
+                         "files": [p for u in uids for p in records[u]["files"]]}
+    manifest = {"previous": current["version"] if current else None, "created": _now_iso(),
+                "config_fingerprint": config_fp, "model_fingerprint": model_fp, "model": model,
+                "settings": _settings(cfg), "inputs": inputs,
+                "files": sorted({p for e in inputs.values() for p in e.get("files", [])}),
+                "rows": sum(int(e.get("rows", 0)) for e in inputs.values()), "run_id": run_id}
+    lease.check()
+    version, name = _publish_manifest(store, fs, root, manifest, current["version"] if current else 0)
+    manifest["version"] = version
+    if before_publish is not None:
+        before_publish(manifest)
+    lease.check()
+    new_pointer = {"version": version, "manifest": name, "published": _now_iso()}
+    tok = (store.create(CURRENT, new_pointer) if pointer_token is None
+           else store.replace(CURRENT, new_pointer, pointer_token))
+    if tok is None:
+        raise RefreshError(f"{cfg.output}: {CURRENT} was changed by another writer during this run; "
+                           f"version {version} ({name}) was not published")
+    logger.info("published version %d (%s): %d files, %d rows, %d shards", version, name, len(inputs),
+                manifest["rows"], len(manifest["files"]))
+    retention = _retention(fs, root, store, name, keep, lease)
+    stats = summarize([records[u] for u in ids], run_stats.get("new_wall", 0.0), **run_stats) if units else None
+    return {**base, "version": version, "new_version": True, "reason": reason, "run_id": run_id,
+            "units_planned": len(units), "units_embedded": run_stats.get("new_units", 0),
+            "units_reused": reused, "rows": manifest["rows"],
+            "rows_embedded": sum(listing[u].num_rows for u in embedded), "retention": retention, "stats": stats}
+
+
+__all__ = ["refresh", "add_refresh_arguments", "cmd_refresh", "RefreshError", "LeaseError", "run_id_for"]
