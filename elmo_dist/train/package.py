@@ -1,0 +1,64 @@
+"""Package a trained run as the built-in default model (elmo_dist/models/default/).
+
+    python -m elmo_dist.train.package --run RUN_DIR [--dest elmo_dist/models/default] [--dtype float32]
+
+Writes options.json + weights.hdf5 (official layout) and model.json (fingerprint, architecture,
+parameter count, training record) that the model card and the tests quote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from elmo_dist.model.elmo import Elmo
+from elmo_dist.train.trainer import make_options
+
+MAX_BYTES = 20 << 20
+
+
+def package(run_dir: str, dest: str, dtype: str = "float32") -> dict:
+    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False, map_location="cpu")
+    opts = make_options(state["config"]["arch"])
+    elmo = Elmo(opts)
+    elmo.bilm.load_state_dict(state["bilm"])
+    elmo.save_pretrained(dest, dtype=dtype)
+    size = os.path.getsize(os.path.join(dest, "weights.hdf5"))
+    if size > MAX_BYTES and dtype == "float32":
+        elmo.save_pretrained(dest, dtype="float16")  # loading restores float32
+        dtype, size = "float16", os.path.getsize(os.path.join(dest, "weights.hdf5"))
+    loaded = Elmo.from_pretrained(dest)
+    info = {
+        "name": f"elmo-dist-{state['config']['arch']}",
+        "fingerprint": loaded.fingerprint,
+        "arch": state["config"]["arch"],
+        "output_dim": opts.output_dim,
+        "parameters": sum(p.numel() for p in loaded.bilm.parameters()),
+        "weights_dtype": dtype,
+        "weights_bytes": size,
+        "training": {
+            "steps": state["step"], "epochs_completed": state["epoch"], "tokens_seen": state["tokens_seen"],
+            "training_minutes": round(state["elapsed"] / 60, 1), "vocab_size": state["config"]["vocab_size"],
+            "history": state["history"], "config": state["config"],
+        },
+    }
+    with open(os.path.join(dest, "model.json"), "w") as fh:
+        json.dump(info, fh, indent=1)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="training run directory (checkpoint.pt)")
+    p.add_argument("--dest", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "default"))
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    args = p.parse_args(argv)
+    info = package(args.run, args.dest, args.dtype)
+    print(json.dumps({k: v for k, v in info.items() if k != "training"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
