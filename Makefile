@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch first (a plain `torch` from PyPI is a multi-GB CUDA build on Linux).
 TORCH_SPEC ?= torch==2.13.0
-RAY_SPEC ?= ray[data]==2.60.0
+RAY_SPEC ?= ray[data,default]==2.60.0
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: setup test demo bench clean
