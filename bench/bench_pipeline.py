@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -63,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     sents = synthetic_corpus(args.sentences)
     write_inputs(os.path.join(tmp, "in"), sents, args.files)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, logging_level="ERROR", configure_logging=False)
-    rows = []
     load_before = load_average()
 
     def job(name: str, **kw) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from elmo_dist.config import JobConfig
-from elmo_dist.output import JOB_DIR, filesystem
+from elmo_dist.output import JOB_DIR, filesystem, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +42,6 @@ def _write_json(fs: pafs.FileSystem, path: str, obj: Any) -> None:
     else:
         with fs.open_output_stream(path) as fh:
             fh.write(data)
-
-
-def _read_json(fs: pafs.FileSystem, path: str) -> Any | None:
-    try:
-        with fs.open_input_stream(path) as fh:
-            return json.loads(fh.read())
-    except FileNotFoundError:
-        return None
 
 
 class JobState:
@@ -76,7 +68,7 @@ class JobState:
         """
         fp = config.fingerprint(model_fingerprint)
         cfg_path = posixpath.join(self.dir, "config.json")
-        old = _read_json(self.fs, cfg_path)
+        old = read_json(self.fs, cfg_path)
         if old is not None:
             if old["fingerprint"] != fp:
                 changed = [k for k in ("text", "embedding") if old["config"].get(k) != config.model_dump(mode="json")[k]]
@@ -86,7 +78,7 @@ class JobState:
                     f"{self.output} holds a job with another configuration (fingerprint {old['fingerprint']}, "
                     f"now {fp}; changed: {', '.join(changed) or 'settings'}). Use a new --output, "
                     "or `elmo-dist refresh` to re-embed into a new version.")
-            plan = _read_json(self.fs, posixpath.join(self.dir, "plan.json")) or {}
+            plan = read_json(self.fs, posixpath.join(self.dir, "plan.json")) or {}
             if sorted(plan.get("units", [])) != sorted(unit_ids):
                 raise ResumeError(
                     f"{self.output}: the input changed since this job started ({len(plan.get('units', []))} "
@@ -109,7 +101,7 @@ class JobState:
 
     def records(self) -> list[dict[str, Any]]:
         return [r for u in sorted(self.done_units())
-                if (r := _read_json(self.fs, posixpath.join(self.dir, "units", f"{u}.json")))]
+                if (r := read_json(self.fs, posixpath.join(self.dir, "units", f"{u}.json")))]
 
     def write_stats(self, stats: dict[str, Any]) -> None:
         _write_json(self.fs, posixpath.join(self.dir, "stats.json"), stats)

@@ -28,7 +28,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 CURRENT = "_current.json"  # refresh outputs: pointer to the published version's manifest
 
 
-def _read_json(fs: pafs.FileSystem, path: str):
+def read_json(fs: pafs.FileSystem, path: str):
+    """A small JSON object from any pyarrow filesystem; None when it does not exist."""
     try:
         with fs.open_input_stream(path) as fh:
             return json.loads(fh.read())
@@ -46,9 +47,9 @@ def current_files(directory: str) -> list[str]:
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise OutputError(f"{directory}: no such output directory")
-    pointer = _read_json(fs, posixpath.join(root, CURRENT))
+    pointer = read_json(fs, posixpath.join(root, CURRENT))
     if pointer is not None:
-        manifest = _read_json(fs, posixpath.join(root, pointer["manifest"]))
+        manifest = read_json(fs, posixpath.join(root, pointer["manifest"]))
         if manifest is None:
             raise OutputError(f"{directory}: {CURRENT} points at a missing manifest {pointer['manifest']}")
         return list(manifest["files"])
@@ -56,7 +57,7 @@ def current_files(directory: str) -> list[str]:
     files: list[str] = []
     for rec in fs.get_file_info(pafs.FileSelector(units, allow_not_found=True)):
         if rec.path.endswith(".json"):
-            files.extend(_read_json(fs, rec.path)["files"])
+            files.extend(read_json(fs, rec.path)["files"])
     if not files:
         raise OutputError(f"{directory}: holds no embedding shards (has the job run?)")
     return sorted(files)

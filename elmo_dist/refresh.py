@@ -43,7 +43,7 @@ import pyarrow.fs as pafs
 from elmo_dist.checkpoint import JobState
 from elmo_dist.config import ConfigError, JobConfig
 from elmo_dist.lease import Lease, LeaseError, Store, store_for
-from elmo_dist.output import CURRENT, JOB_DIR, filesystem
+from elmo_dist.output import CURRENT, JOB_DIR, filesystem, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,6 @@ def _listing(fs: pafs.FileSystem, path: str, recursive: bool = False) -> list[pa
     return fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
 
 
-def _read_json(fs: pafs.FileSystem, path: str) -> Any | None:
-    try:
-        with fs.open_input_stream(path) as fh:
-            return json.loads(fh.read())
-    except FileNotFoundError:
-        return None
-
-
 def run_id_for(config_fingerprint: str, unit_ids: list[str]) -> str:
     """Deterministic id of the work of a refresh: rerunning the same work resumes the same run."""
     return hashlib.sha256(json.dumps([config_fingerprint, sorted(unit_ids)]).encode()).hexdigest()[:16]
@@ -137,13 +129,13 @@ def _completed(fs: pafs.FileSystem, root: str, config_fp: str, wanted: set[str])
     for run in _listing(fs, posixpath.join(root, RUNS)):
         if run.type != pafs.FileType.Directory:
             continue
-        conf = _read_json(fs, posixpath.join(run.path, "config.json"))
+        conf = read_json(fs, posixpath.join(run.path, "config.json"))
         if not conf or conf.get("fingerprint") != config_fp:
             continue
         for rec in _listing(fs, posixpath.join(run.path, "units")):
             uid = posixpath.basename(rec.path)[:-5]
             if rec.path.endswith(".json") and uid in wanted and uid not in found:
-                r = _read_json(fs, rec.path)
+                r = read_json(fs, rec.path)
                 if r and r.get("files"):
                     found[uid] = r
     return found

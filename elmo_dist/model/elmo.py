@@ -134,14 +134,6 @@ class BiLM(nn.Module):
         return torch.stack(layers)  # (L+1, B, T+2, D)
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_official_files(path: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
     """Options and weight arrays of a model directory (local or URI), validated.
 

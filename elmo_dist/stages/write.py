@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from elmo_dist import schema as S
 from elmo_dist.output import filesystem
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,6 @@ import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
