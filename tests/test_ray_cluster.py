@@ -1,0 +1,302 @@
+"""The README's cluster path, end to end, against a head started with `ray start --head`.
+
+    ray start --head ...
+    elmo-dist embed INPUT --output DIR --address auto        (or --address HOST:PORT)
+    ray job submit --working-dir . -- python jobs/embed_corpus.py INPUT --output DIR
+
+The head is this module's own: its own --temp-dir and its own ports (the defaults -- GCS 6379,
+dashboard 8265, dashboard agent 52365 -- may belong to other Ray runtimes on the machine), its own
+token file (Ray 2.60 turns token authentication on), and it is torn down by killing only its own
+processes (never `ray stop`, which stops every Ray process on the machine).
+
+Two things this guards, both of which show up as `ray job submit` failing with
+"No available agent to submit job":
+  * a dashboard-agent port already taken by another runtime (the agent then runs without its HTTP
+    server), hence fresh ports for everything;
+  * Ray 2.60's raylet gives the dashboard agent a fixed 15 s to write its port files and aborts when
+    it is late (ray-project/ray#65983, not configurable); on a loaded machine that happens, `ray start`
+    fails with "The current node timed out during startup" and leaves the GCS and dashboard running.
+    The fixture retries the head start (fresh temp dir and ports) and reports the raylet's reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.ray,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc to tear the head down"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CORPUS_REL = "elmo_dist/data/sample_corpus.parquet"
+MODEL_REL = "tests/fixtures/elmo-tiny-f1"
+HEAD_ATTEMPTS = 3
+START_TIMEOUT = 240  # `ray start` alone takes 20-50 s on a loaded 2-core machine
+RUN_TIMEOUT = 480
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports from the kernel's ephemeral range (outside Ray's worker ports 10002-19999)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    table = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(d)] = (ppid, cmd)
+    return table
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _head_pids(markers: list[str]) -> set[int]:
+    """Processes of this head: command lines naming its temp dir or GCS address, and their descendants
+    (workers and agents rename themselves, e.g. ``ray::IDLE``, but are children of the raylet)."""
+    table = _proc_table()
+    mine = {p for p, (_, cmd) in table.items() if any(m in cmd for m in markers)}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in table.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    # never this process or its ancestors
+    pid = os.getpid()
+    while pid > 1 and pid in table:
+        mine.discard(pid)
+        pid = table[pid][0]
+    return mine
+
+
+def _kill_head(markers: list[str], grace: float = 10.0) -> None:
+    for _ in range(3):  # a second sweep catches processes started while the first one ran
+        pids = _head_pids(markers)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        deadline = time.time() + grace
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.5)
+        for pid in pids:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        time.sleep(1)
+
+
+def _raylet_reason(temp_dir: Path) -> str:
+    lines: list[str] = []
+    for f in sorted(temp_dir.glob("session_*/logs/raylet.out")):
+        for ln in f.read_text(errors="replace").splitlines():
+            if "Check failed" in ln and ln not in lines:
+                lines.append(ln)
+    reasons = [ln.split("Check failed", 1)[1][:300] for ln in lines]
+    return "\n".join(reasons) or "(no 'Check failed' in raylet.out)"
+
+
+def _wait_port(port: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            s.settimeout(1)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(1)
+    return False
+
+
+class Head:
+    def __init__(self, root: Path, env: dict[str, str]):
+        self.root, self.env = root, env
+        self.temp_dir: Path | None = None
+        self.gcs_address = self.dashboard_url = ""
+        self.markers: list[str] = []
+        self.attempts: list[str] = []
+
+    def start(self) -> None:
+        for attempt in range(1, HEAD_ATTEMPTS + 1):
+            self.temp_dir = Path(tempfile.mkdtemp(prefix=f"h{attempt}-", dir=self.root))
+            (gcs, dash, agent_http, agent_grpc, metrics, rt_env, client, nm, om) = _free_ports(9)
+            self.markers = [str(self.temp_dir), f":{gcs} "]
+            cmd = [_tool("ray"), "start", "--head", "--temp-dir", str(self.temp_dir),
+                   "--num-cpus", "2", "--disable-usage-stats", "--dashboard-host", "127.0.0.1",
+                   "--port", str(gcs), "--dashboard-port", str(dash),
+                   "--dashboard-agent-listen-port", str(agent_http),
+                   "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
+                   "--runtime-env-agent-port", str(rt_env), "--ray-client-server-port", str(client),
+                   "--node-manager-port", str(nm), "--object-manager-port", str(om)]
+            t0 = time.time()
+            try:
+                r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=START_TIMEOUT)
+                out, ok = r.stdout + r.stderr, r.returncode == 0
+            except subprocess.TimeoutExpired as e:
+                out, ok = f"timed out after {START_TIMEOUT}s: {e.stdout!r}", False
+            address_file = self.temp_dir / "ray_current_cluster"
+            if ok and address_file.exists():
+                self.gcs_address = address_file.read_text().strip()
+                self.markers = [str(self.temp_dir), f"={self.gcs_address}", f" {self.gcs_address}"]
+                self.dashboard_url = f"http://127.0.0.1:{dash}"
+                # `ray job submit` needs the agent's HTTP server; it may come up after `ray start` returns.
+                if _wait_port(agent_http, 120):
+                    self.attempts.append(f"attempt {attempt}: up in {time.time() - t0:.0f}s")
+                    return
+                out += "\n(dashboard agent HTTP port never opened)"
+            tail = "\n".join(out.strip().splitlines()[-3:])
+            self.attempts.append(f"attempt {attempt} failed after {time.time() - t0:.0f}s:\n{tail}\n"
+                                 f"raylet: {_raylet_reason(self.temp_dir)}")
+            self.stop()
+        pytest.fail("could not start a Ray head:\n" + "\n".join(self.attempts))
+
+    def stop(self) -> None:
+        if self.markers:
+            _kill_head(self.markers)
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    root = Path(tempfile.mkdtemp(prefix="elmo-ray-", dir="/tmp"))  # short: AF_UNIX paths max 107 bytes
+    token = root / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = dict(os.environ)
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_TMPDIR"):
+        env.pop(k, None)
+    env.update({
+        "RAY_AUTH_MODE": "token",             # Ray 2.60 clients send the token only in token mode
+        "RAY_AUTH_TOKEN_PATH": str(token),    # this head's token, not ~/.ray/auth_token
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
+    })
+    head = Head(root, env)
+    try:
+        head.start()
+        print("ray head:", *head.attempts, sep="\n  ")
+        yield head
+    finally:
+        head.stop()
+        left = _head_pids(head.markers) if head.markers else set()
+        shutil.rmtree(root, ignore_errors=True)
+        assert not left, f"head processes left behind: {sorted(left)}"
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _check_output(out_dir: Path) -> None:
+    from elmo_dist import read_embeddings
+
+    assert read_embeddings(str(out_dir)).to_table().num_rows > 0
+
+
+def _drivers(head: Head) -> list[str]:
+    """Entrypoints of the jobs (drivers and submissions) the head has seen."""
+    r = _run([_tool("ray"), "list", "jobs", "--format", "json", "--limit", "1000"],
+             {**head.env, "RAY_ADDRESS": head.gcs_address}, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return [j.get("entrypoint") or "" for j in json.loads(r.stdout)]
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("how", ["explicit", "auto"])
+def test_embed_joins_the_head(ray_head, tmp_path, how):
+    """`elmo-dist embed --address HOST:PORT`, and `--address auto` with RAY_ADDRESS naming the head
+    (with several runtimes on the machine, a bare `auto` may pick any of them)."""
+    out = tmp_path / "out"
+    env = dict(ray_head.env)
+    if how == "auto":
+        env["RAY_ADDRESS"] = ray_head.gcs_address
+        address = "auto"
+    else:
+        address = ray_head.gcs_address
+    r = _run([_tool("elmo-dist"), "embed", CORPUS_REL, "--output", str(out), "--id-column", "id",
+              "--model", MODEL_REL, "--address", address], env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    _check_output(out)
+    assert any(str(out) in e for e in _drivers(ray_head)), "the run did not join this head"
+
+
+@pytest.mark.timeout(1200)
+def test_job_submit(ray_head, tmp_path):
+    """`ray job submit --working-dir . -- python jobs/embed_corpus.py ...` from the repo root."""
+    out = tmp_path / "out"
+    cmd = [_tool("ray"), "job", "submit", "--address", ray_head.dashboard_url, "--working-dir", ".",
+           "--", "python", "jobs/embed_corpus.py", CORPUS_REL, "--output", str(out), "--id-column", "id",
+           "--model", MODEL_REL]
+    for _ in range(3):
+        r = _run(cmd, ray_head.env)
+        text = r.stdout + r.stderr
+        if "No available agent" not in text:
+            break
+        time.sleep(10)  # the head's dashboard agent is not registered yet; nothing was submitted
+    assert r.returncode == 0 and "succeeded" in text, text[-4000:]
+    _check_output(out)
+    assert any("jobs/embed_corpus.py" in e and str(out) in e for e in _drivers(ray_head))
+
+
+def test_working_dir_upload_leaves_out_the_venv():
+    """What `--working-dir .` uploads: .gitignore and Ray's default excludes keep .venv/ out."""
+    import zipfile
+
+    from ray._private.ray_constants import get_runtime_env_default_excludes
+    from ray._private.runtime_env.packaging import create_package
+
+    with tempfile.TemporaryDirectory() as d:
+        pkg = Path(d) / "pkg.zip"
+        create_package(str(REPO), pkg, include_gitignore=True, excludes=get_runtime_env_default_excludes())
+        names = zipfile.ZipFile(pkg).namelist()
+        size_mib = pkg.stat().st_size / 2**20
+    assert not [n for n in names if n.startswith((".venv/", ".git/"))]
+    assert "jobs/embed_corpus.py" in names and f"{MODEL_REL}/weights.hdf5" in names
+    assert size_mib < 100, f"working_dir package is {size_mib:.0f} MiB"
