@@ -14,7 +14,8 @@ file's bias round-trips bit for bit.
 Inference on CPU (no autograd) takes a faster route with the same math (docs/performance.md): the two
 directions are independent stacks, so each runs all its layers in its own thread with half of torch's
 threads (no lock-step barrier per op, which also keeps a shared machine from stalling both); the
-input-to-gate products are computed a chunk of timesteps at a time into a reused buffer; each step is
+first layer's input-to-gate products are computed once per distinct input row (the input is token
+vectors, which repeat) and gathered, the other layers' a chunk of timesteps at a time; each step is
 one ``addmm`` (gates = input part + h @ W_rec^T, weights used in their [out, in] layout) followed by
 in-place activations, and the projection writes straight into the output tensor, so the time loop
 allocates nothing. Reduced-precision weight copies are cached per parameter version.
@@ -23,6 +24,7 @@ allocates nothing. Reduced-precision weight copies are cached per parameter vers
 from __future__ import annotations
 
 import threading
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +35,97 @@ from elmo_dist.model.weights import lstm_prefix
 
 FORGET_BIAS = 1.0
 GATE_ROWS = 1024  # rows (timesteps x batch) per chunk of the input-to-gate product on the fast path
+
+
+def run_parallel(tasks: Sequence[Callable[[], None]]) -> None:
+    """Run ``tasks`` on min(len(tasks), torch threads) Python threads that pull them in order, each
+    thread with an equal share of torch's intra-op threads (torch ops release the GIL).
+
+    Independent threads need no barrier per op, unlike one op spread over OpenMP threads, so a core
+    taken by another process slows one worker instead of stalling every op. Grad and inference
+    mode are carried into the workers; the first exception is re-raised here.
+    """
+    n_threads = torch.get_num_threads()
+    workers = min(len(tasks), n_threads)
+    if workers < 2:
+        for task in tasks:
+            task()
+        return
+    grad_mode, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    pending = iter(tasks)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        torch.set_num_threads(n_threads // workers)  # this thread's share; restored below
+        try:
+            with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_mode):
+                while not errors:
+                    with lock:
+                        task = next(pending, None)
+                    if task is None:
+                        break
+                    task()
+        except BaseException as e:  # re-raised in the caller
+            errors.append(e)
+        finally:
+            torch.set_num_threads(n_threads)  # the default for threads created later
+
+    threads = [threading.Thread(target=worker, name=f"elmo-worker-{k}") for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+LOW_IN_OUT = True  # keep reduced-precision weight copies in [in, out] memory layout
+MKL_PACK = True  # use MKL's packed GEMM for the per-step products when this torch has it
+
+
+def _mkl_pack(weights: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor] | None:
+    """MKL-packed copies of [out, in] fp32 CPU weights for products with ``rows``-row inputs, or None.
+
+    A per-step product re-packs its weight on every call otherwise; packing once per batch is ~25%
+    faster for the skinny recurrent products. Uses torch's (private) MKL ops, so any failure means None
+    and the caller keeps plain ``addmm``/``mm`` (same results: the same MKL kernels compute them).
+    """
+    if not MKL_PACK or rows < 1 or not torch.backends.mkl.is_available():
+        return None
+    if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in weights):
+        return None
+    try:
+        return [torch.ops.mkl._mkl_reorder_linear_weight(w, rows) for w in weights]
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _distinct_rows(x: torch.Tensor, max_share: float = 0.75) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The distinct rows of x (..., D) and the index of each row, or None if fewer than
+    ``1 - max_share`` of the rows repeat.
+
+    Rows are grouped by a float64 fingerprint (a fixed random projection) and the grouping is then
+    verified exactly; any fingerprint collision gives None, so a caller can always fall back.
+    Returns:
+        ((U, D) distinct rows, (...) int64 index into them).
+    """
+    d = x.shape[-1]
+    flat = x.reshape(-1, d)  # (N, D)
+    n = flat.shape[0]
+    if n == 0:
+        return None
+    probe = torch.randn(d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # (D,)
+    keys, inverse = torch.unique(flat.to(torch.float64) @ probe.to(flat.device), return_inverse=True)
+    u = keys.shape[0]
+    if u > max_share * n:
+        return None
+    first = torch.empty(u, dtype=torch.int64, device=flat.device)
+    first.scatter_(0, inverse, torch.arange(n, device=flat.device))  # (U,) one row of each group
+    rows = flat[first]  # (U, D)
+    if not torch.equal(rows[inverse], flat):  # a collision: two different rows, one fingerprint
+        return None
+    return rows, inverse.view(x.shape[:-1])
 
 
 class BiLstmLayer(nn.Module):
@@ -105,14 +198,18 @@ class BiLstmLayer(nn.Module):
         ws = (self.w_in[d], self.w_rec[d], self.w_proj[d])
         if cd == self.w_in.dtype:
             return (*ws, bias)
-        key = (cd, d) + tuple((p.data_ptr(), p._version) for p in (self.w_in, self.w_rec, self.w_proj))
+        key = (cd, d, LOW_IN_OUT) + tuple((p.data_ptr(), p._version) for p in (self.w_in, self.w_rec, self.w_proj))
         cache = self.__dict__.setdefault("_cast_cache", {})
         if cache.get(d, (None,))[0] != key:
-            cache[d] = (key, tuple(w.to(cd) for w in ws))
+            # Stored [in, out] (returned as a transposed view of that): oneDNN's bf16 GEMM then skips a
+            # per-call weight reorder.
+            cast = (w.to(cd).t().contiguous().t() if LOW_IN_OUT else w.to(cd) for w in ws)
+            cache[d] = (key, tuple(cast))
         return (*cache[d][1], bias)
 
     def run_direction(self, d: int, x: torch.Tensor, batch_sizes: list[int], out: torch.Tensor,
-                      compute_dtype: torch.dtype | None = None) -> None:
+                      compute_dtype: torch.dtype | None = None,
+                      distinct: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """No-grad fast path for one direction: the same math as ``forward``, written into ``out``.
 
         Args:
@@ -121,6 +218,8 @@ class BiLstmLayer(nn.Module):
             batch_sizes: T' <= T ints, rows still active at each step (non-increasing).
             out: (T, B, D) zero-filled, contiguous; rows active at step t are written at ``out[t, :b]``.
             compute_dtype: dtype of the matrix multiplies (None = x's dtype); state stays in x's dtype.
+            distinct: optional ((U, D) distinct rows of x, (T, B) int64 row of each position): the
+                input-to-gate products are then computed once per distinct row and gathered.
         """
         t_max, b_max, p = x.shape
         c = self.c
@@ -128,18 +227,29 @@ class BiLstmLayer(nn.Module):
         low = cd != x.dtype
         w_in, w_rec, w_proj, bias = self._weights(d, cd)
         w_in_t, w_rec_t, w_proj_t = w_in.t(), w_rec.t(), w_proj.t()  # (D, 4C), (D, 4C), (C, D) views
-        chunk = max(1, min(len(batch_sizes), GATE_ROWS // max(b_max, 1)))  # timesteps per input GEMM
+        if distinct is not None:
+            xu, index = distinct  # (U, D), (T, B)
+            if low:
+                gates_u = torch.add(bias, torch.mm(xu.to(cd), w_in_t))  # (U, 4C)
+            else:
+                gates_u = torch.addmm(bias, xu, w_in_t)  # (U, 4C)
+            chunk = 1
+        else:
+            chunk = max(1, min(len(batch_sizes), GATE_ROWS // max(b_max, 1)))  # timesteps per input GEMM
         gin = x.new_empty(chunk, b_max, 4 * c)  # (k, B, 4C) input part of the gates (+ bias)
-        z = x.new_empty(b_max, 4 * c)  # (B, 4C) gates of one step
         cell = x.new_zeros(b_max, c)  # (B, C) memory cell
-        m = x.new_empty(b_max, c, dtype=cd)  # (B, C) o * tanh(cell), the projection's input
+        m = x.new_zeros(b_max, c, dtype=cd)  # (B, C) o * tanh(cell), the projection's input
+        b0 = batch_sizes[0] if batch_sizes else 0
+        packed = None if low else _mkl_pack((w_rec, w_proj), b0)  # weights packed for b0-row products
         if low:
             rec = x.new_empty(b_max, 4 * c, dtype=cd)  # (B, 4C) h @ W_rec^T in cd
             h_low = x.new_zeros(b_max, p, dtype=cd)  # (B, D) projected state in cd
         h = x.new_zeros(b_max, p)  # (B, D) projected state
         for t, b in enumerate(batch_sizes):
             k = t % chunk
-            if k == 0:  # input-to-gate products of the next `chunk` steps, one GEMM
+            if distinct is not None:
+                torch.index_select(gates_u, 0, index[t, :b], out=gin[0, :b])  # (b, 4C)
+            elif k == 0:  # input-to-gate products of the next `chunk` steps, one GEMM
                 n = min(chunk, len(batch_sizes) - t)
                 xs = x[t:t + n].reshape(n * b_max, p)  # (n*B, D)
                 g = gin[:n].view(n * b_max, 4 * c)  # (n*B, 4C)
@@ -147,18 +257,20 @@ class BiLstmLayer(nn.Module):
                     torch.add(bias, torch.mm(xs.to(cd), w_in_t), out=g)
                 else:
                     torch.addmm(bias, xs, w_in_t, out=g)
-            zb = z[:b]  # (b, 4C)
+            zb = gin[k, :b]  # (b, 4C) the gates, accumulated in place over the input part (used once)
             if low:
-                torch.mm(h_low[:b], w_rec_t, out=rec[:b])
-                torch.add(gin[k, :b], rec[:b], out=zb)
+                zb.add_(torch.mm(h_low[:b], w_rec_t, out=rec[:b]))
+            elif packed is not None:  # all b0 rows (rows past b hold finite stale state), keep b
+                zb.add_(torch.ops.mkl._mkl_linear(h[:b0], packed[0], w_rec, None, b0)[:b])
             else:
-                torch.addmm(gin[k, :b], h[:b], w_rec_t, out=zb)
+                zb.addmm_(h[:b], w_rec_t)
             i, j, f, o = zb.split(c, dim=-1)  # TF order; (b, C) each
             i.sigmoid_()
             j.tanh_()
             zb[:, 2 * c:].sigmoid_()  # f and o together
             cb = cell[:b]  # (b, C) rows past their end drop out (sorted by length)
-            cb.mul_(f).addcmul_(i, j)  # cell = f * cell + i * j
+            ij = torch.mul(i, j, out=m[:b]) if not low else i * j  # (b, C)
+            cb.mul_(f).add_(ij)  # cell = i * j + f * cell, rounded as written
             if self.cell_clip:
                 cb.clamp_(-self.cell_clip, self.cell_clip)
             mb = m[:b]  # (b, C)
@@ -173,7 +285,10 @@ class BiLstmLayer(nn.Module):
                 torch.tanh(cb, out=mb)
                 mb.mul_(o)
                 ob = out[t, :b]  # (b, D), contiguous
-                torch.mm(mb, w_proj_t, out=ob)
+                if packed is not None:
+                    ob.copy_(torch.ops.mkl._mkl_linear(m[:b0], packed[1], w_proj, None, b0)[:b])
+                else:
+                    torch.mm(mb, w_proj_t, out=ob)
                 if self.proj_clip:
                     ob.clamp_(-self.proj_clip, self.proj_clip)
                 h = out[t]  # (B, D) next step reads its first b' <= b rows
@@ -247,41 +362,19 @@ class BiLstm(nn.Module):
             L tensors (2, T, B, D), post-residual, exactly 0 at padding.
         """
         outputs = [torch.zeros_like(h) for _ in self.layers]  # L x (2, T, B, D)
+        distinct = _distinct_rows(h)  # layer 0's input repeats (token vectors): gates once per row
 
         def stack(d: int) -> None:
             inp = h[d]  # (T, B, D)
             for k, layer in enumerate(self.layers):
                 out = outputs[k][d]  # (T, B, D), contiguous
-                layer.run_direction(d, inp, batch_sizes, out, compute_dtype)
+                rows = (distinct[0], distinct[1][d]) if distinct is not None and k == 0 else None
+                layer.run_direction(d, inp, batch_sizes, out, compute_dtype, rows)
                 if k > 0:
                     out += inp  # skip connection (not part of the recurrence)
                 inp = out
 
-        n_threads = torch.get_num_threads()
-        if n_threads < 2 or not batch_sizes:
-            for d in range(2):
-                stack(d)
-            return outputs
-        errors: list[BaseException] = []
-        grad_mode, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-        def worker(d: int) -> None:
-            torch.set_num_threads(n_threads // 2)  # this thread's share; restored for threads made later
-            try:
-                with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_mode):
-                    stack(d)
-            except BaseException as e:  # re-raised in the caller
-                errors.append(e)
-            finally:
-                torch.set_num_threads(n_threads)
-
-        threads = [threading.Thread(target=worker, args=(d,), name=f"elmo-lstm-{d}") for d in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        run_parallel([lambda d=d: stack(d) for d in range(2)])
         return outputs
 
     @torch.no_grad()

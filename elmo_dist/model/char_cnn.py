@@ -4,6 +4,12 @@ Works on distinct tokens only: the caller passes the character ids of each disti
 gathers the vectors back into sentences. Characters are trimmed to the width that can change the
 result (see ``trimmed_width``), which is exact: windows lying wholly in the padding region give the
 same value for every token, and at least one such window is always kept where the full width has one.
+
+Without autograd on CPU a faster route computes the same function (docs/performance.md): tokens are
+sorted by length and cut into blocks, each block trimmed to its own longest token; all filters become
+one matrix (taps beyond a filter's width are zero) applied to every window position of the block by
+one GEMM per position with a running max (positions a filter does not reach are left out), and the
+blocks run on parallel threads (``run_parallel``), highway and projection included.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from elmo_dist.model.bilstm import run_parallel
 from elmo_dist.model.options import CharCNNOptions
 from elmo_dist.text.chars import N_CHARS, PAD_CHAR, W
+
+BLOCK = 256  # distinct tokens per block on the fast path
 
 
 def trimmed_width(char_ids: torch.Tensor, max_filter_width: int) -> int:
@@ -51,6 +60,8 @@ class CharCNN(nn.Module):
         Returns:
             (U, D) token representations (D = projection dim).
         """
+        if char_ids.device.type == "cpu" and not (torch.is_grad_enabled() and self.proj.weight.requires_grad):
+            return self._forward_fast(char_ids)
         width = trimmed_width(char_ids, max(self.widths))
         x = self.char_embed(char_ids[:, :width])  # (U, W') -> (U, W', E)
         x = x.transpose(1, 2)  # (U, E, W')
@@ -65,6 +76,61 @@ class CharCNN(nn.Module):
             t = torch.sigmoid(t)  # transform gate: selects the non-linear branch
             h = t * F.relu(a) + (1.0 - t) * h  # (U, F); highway is always relu
         return self.proj(h)  # (U, D)
+
+    def _forward_fast(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """The no-grad CPU route of ``forward``: (U, W) char ids -> (U, D), same function."""
+        u = char_ids.shape[0]
+        out = self.proj.weight.new_empty(u, self.proj.out_features)  # (U, D)
+        if u == 0:
+            return out
+        wmax, e, f = max(self.widths), self.char_embed.embedding_dim, self.n_filters
+        # All filters as one [out, in] matrix over windows of wmax chars: (F, wmax*E), zero taps past w_i.
+        w_all = self.proj.weight.new_zeros(f, wmax, e)  # (F, wmax, E)
+        col, ncols = 0, []  # ncols[k] = filter columns reaching at most k chars (filters sorted by width)
+        for conv, w in zip(self.convs, self.widths):
+            w_all[col:col + conv.out_channels, :w] = conv.weight.transpose(1, 2)  # (n_i, w_i, E)
+            col += conv.out_channels
+        w_all = w_all.view(f, wmax * e)  # (F, wmax*E)
+        b_all = torch.cat([conv.bias for conv in self.convs])  # (F,)
+        order_w = sorted(range(len(self.widths)), key=lambda i: self.widths[i])
+        sizes = [self.convs[i].out_channels for i in range(len(self.convs))]
+        contiguous_prefix = order_w == list(range(len(self.widths)))
+        for k in range(wmax + 1):
+            ncols.append(sum(n for n, w in zip(sizes, self.widths) if w <= k) if contiguous_prefix else -1)
+        used = (char_ids != PAD_CHAR).sum(dim=1)  # (U,) chars incl. BOW/EOW
+        order = torch.argsort(used, stable=True)  # (U,) shortest first: blocks of similar width
+        used_sorted = used[order].tolist()
+
+        def block(start: int) -> None:
+            idx = order[start:start + BLOCK]  # (n,)
+            n = idx.shape[0]
+            width = int(min(W, used_sorted[start + n - 1] + wmax))  # this block's trimmed width
+            ids = torch.nn.functional.pad(char_ids[idx, :width], (0, wmax - 1), value=PAD_CHAR)  # (n, W'+wmax-1)
+            x = self.char_embed(ids)  # (n, W'+wmax-1, E)
+            win = x.as_strided((n, width, wmax * e), (x.stride(0), e, 1))  # (n, W', wmax*E) windows, a view
+            if contiguous_prefix:
+                h = torch.mm(win[:, 0], w_all.t())  # (n, F): position 0 (every filter reaches it)
+                for p in range(1, width):
+                    k = ncols[min(width - p, wmax)]  # filters whose window still fits at position p
+                    y = torch.mm(win[:, p], w_all[:k].t())  # (n, k)
+                    torch.maximum(h[:, :k], y, out=h[:, :k])
+            else:  # filters not sorted by width: plain per-filter max over its valid positions
+                y = torch.matmul(win, w_all.t())  # (n, W', F)
+                parts, col = [], 0
+                for conv, w in zip(self.convs, self.widths):
+                    parts.append(y[:, : width - w + 1, col:col + conv.out_channels].amax(dim=1))
+                    col += conv.out_channels
+                h = torch.cat(parts, dim=-1)  # (n, F)
+            h = self.activation(h.add_(b_all))  # (n, F): max first, then the activation
+            for hw in self.highways:
+                g = torch.addmm(hw.bias, h, hw.weight.t())  # (n, 2F): [transform | gate]
+                a, t = g[:, :f].relu_(), g[:, f:].sigmoid_()  # (n, F), (n, F)
+                carry = torch.rsub(t, 1.0).mul_(h)  # (1 - t) * h
+                h = a.mul_(t).add_(carry)  # t * relu(a) + (1 - t) * h, rounded as written
+            out[idx] = torch.addmm(self.proj.bias, h, self.proj.weight.t())  # (n, D)
+
+        run_parallel([lambda s=s: block(s) for s in range(0, u, BLOCK)])
+        return out
 
     @torch.no_grad()
     def load_official(self, weights: dict[str, np.ndarray]) -> None:
