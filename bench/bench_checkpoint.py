@@ -19,8 +19,10 @@ Every Ray run is a child process with its own ``ray.init(num_cpus=...)`` in a ne
 is a real kill (the child's process group) and memory is sampled per run. Exactly-once: every input
 id appears exactly once in the output (for elmo-dist: in the shards named by completion records).
 Prints a markdown table; medians where a scenario is repeated. Most of the time is fixed Ray cost
-(``ray.init`` and each Ray Data execution): 15 minutes on 2 cores at load 11-20 (a training run
-beside it), of which ``ray.init`` alone was 15-27 s per child; ``--quick`` for a smoke run.
+(``ray.init`` and each Ray Data execution), so it depends on the machine's load more than on the
+sizes: 8.5 minutes on 2 cores at load 3-10, 15 minutes at load 11-20 (``ray.init`` alone 6 s vs
+15-27 s per child); ``--quick`` shrinks the data, not the fixed costs. Python heap (tracemalloc)
+figures leave out Arrow's buffers.
 
     python bench/bench_checkpoint.py
     python bench/bench_checkpoint.py --quick
@@ -669,7 +671,7 @@ def main() -> None:
     for c in [corpus] + ([d("corpus-big")] if args.big_rows else []):
         s, m, units = timed(lambda c=c: plan_units(list_inputs([c]), args.rows_per_unit), args.repeat)
         rows_out.append((UR, f"list_inputs + plan_units: {len(glob.glob(c + '/*.parquet'))} files, "
-                         f"{sum(u.num_rows for u in units):,} rows -> {len(units)} units", s, f"{m:.1f} (heap)", "-",
+                         f"{sum(u.num_rows for u in units):,} rows -> {len(units)} units", s, f"{m:.2f} (heap)", "-",
                          "footers only", "-", f"median of {args.repeat}"))
     for r in bench_records(work, [100, 1000, 10_000], args.repeat):
         rows_out.append((UR, f"done_units(): list {r['n']:,} records", r["done_units_s"],
