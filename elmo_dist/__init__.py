@@ -27,11 +27,7 @@ def __getattr__(name: str):  # lazy: importing elmo_dist must not import torch
         from elmo_dist.output import read_embeddings
 
         return read_embeddings
-    if name == "search":
-        from elmo_dist.search import search
-
-        return search
     raise AttributeError(name)
 
 
-__all__ = ["Elmo", "default_model_path", "read_embeddings", "search", "__version__"]
+__all__ = ["Elmo", "default_model_path", "read_embeddings", "__version__"]

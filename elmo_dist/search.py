@@ -583,7 +583,7 @@ class SearchIndex:
     """
 
     def __init__(self, output: Output, model=None, index=None, batch_rows: int = 65536, device=None,
-                 in_memory: bool = False, ef_search: int = 128):
+                 in_memory: bool = False, ef_search: int = 256):
         if batch_rows < 1:
             raise SearchError(f"batch_rows must be >= 1, got {batch_rows}")
         self.output = output
@@ -610,7 +610,7 @@ class SearchIndex:
 
     @classmethod
     def open(cls, directory: str, model=None, index=None, batch_rows: int = 65536, device=None,
-             in_memory: bool = False, ef_search: int = 128) -> "SearchIndex":
+             in_memory: bool = False, ef_search: int = 256) -> "SearchIndex":
         return cls(Output.open(directory), model, index, batch_rows, device, in_memory, ef_search)
 
     @property
@@ -767,8 +767,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-index", action="store_true",
                         help="build or update the approximate index (at --index PATH or the default place) "
                              "first, then search with it")
-    parser.add_argument("--ef-search", type=int, default=128,
-                        help="HNSW search breadth (higher: better recall, slower; default 128)")
+    parser.add_argument("--ef-search", type=int, default=256,
+                        help="HNSW search breadth (higher: better recall, slower; default 256)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows scored at a time (exact search)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: CUDA when present)")
 
