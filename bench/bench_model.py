@@ -523,7 +523,7 @@ def bench_arch(arch: str, args, peak: float, tmp: str, log) -> list[Row]:
             f"padding {100 * pad:.1f}%, {gf:.1f} GFLOP/s ({100 * gf / peak:.0f}% of peak), peak RSS {rss:.0f} MB; "
             f"load {load_average()}")
     ref = embed(elmo, check, check_batches, "all")  # (L+1, T, D) per sentence
-    del elmo
+    elmo = None
     free_memory()
 
     # 2. The AllenNLP-style baseline alone: exactness on this model, then speed on sampled batches.
@@ -541,7 +541,7 @@ def bench_arch(arch: str, args, peak: float, tmp: str, log) -> list[Row]:
     n_sub = int(sum(lengths[b].sum() for b in sample))
     tb, cpu_b, rss_b = timed(lambda: [baseline_layers(base, b) for b in batches], args.baseline_repeats,
                              warmup=args.baseline_repeats > 1)
-    del base
+    base = None
     free_memory()
     # ... and ours again on exactly those batches, right after (same run, same load).
     elmo = Elmo.from_pretrained(directory)
@@ -554,7 +554,7 @@ def bench_arch(arch: str, args, peak: float, tmp: str, log) -> list[Row]:
                      "cpu_speedup": cpu_b / cpu_ours}, n_sub / cpu_b))
     log(f"[{arch}] baseline {n_sub / tb:.0f} tokens/s vs ours {n_sub / t_ours:.0f} on the same {n_sub} tokens "
         f"({len(sample)} batches, budget {budget}): speedup {speedup:.2f}x; load {load_average()}")
-    del elmo
+    elmo = None
     free_memory()
 
     # 3. Reduced-precision compute modes, each alone: error vs fp32 on the check sentences, speed.
@@ -578,7 +578,7 @@ def bench_arch(arch: str, args, peak: float, tmp: str, log) -> list[Row]:
                         {"max_abs_err": err, "max_abs_value": scale, "tokens": n_tok}, n_tok / cpu))
         log(f"[{arch}] {mode} budget {budget}: {n_tok / t:.0f} tokens/s, max abs err vs fp32 {err:.2e} "
             f"(values up to {scale:.1f}); load {load_average()}")
-        del low
+        low = None
         free_memory()
     return rows
 
