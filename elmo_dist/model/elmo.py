@@ -144,6 +144,12 @@ def load_official_files(path: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
     else:
         base = path.rstrip("/")
         opt_uri, w_uri = f"{base}/options.json", f"{base}/weights.hdf5"
+    return load_official_pair(opt_uri, w_uri)
+
+
+def load_official_pair(opt_uri: str, w_uri: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
+    """Options and weight arrays from an options file and a weights file named separately
+    (local paths or URIs, as AllenNLP's ``--options-file`` / ``--weight-file``), validated."""
     try:
         text = _read_text(opt_uri)
     except FileNotFoundError:
@@ -169,6 +175,7 @@ class Elmo(nn.Module):
 
     >>> elmo = Elmo.from_pretrained()                        # the built-in default model
     >>> layers, mask = elmo.embed_batch([["Hello", "world"]])   # (1, 3, 2, D), (1, 2)
+    >>> layers, mask = elmo.embed_batch(["Hello world!"])       # raw text, Moses-tokenized: T = 3
     """
 
     def __init__(self, opts: ElmoOptions, mix_weights: Sequence[float] | None = None,
@@ -180,24 +187,39 @@ class Elmo(nn.Module):
         self.compute_dtype = compute_dtype
         self.fingerprint = ""
         self.source = ""
+        self._tokenizers: dict[bool, object] = {}  # split_sentences -> Tokenizer, built on first use
         self.eval()
+
+    def __getstate__(self):  # pickling (Ray, deepcopy) leaves the cached tokenizers behind
+        state = self.__dict__.copy()
+        state["_tokenizers"] = {}
+        return state
 
     # ---- loading and saving ------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *,
                         mix_weights: Sequence[float] | None = None, gamma: float = 1.0,
-                        compute_dtype: str = "float32") -> "Elmo":
+                        compute_dtype: str = "float32", options_file: str | os.PathLike | None = None,
+                        weight_file: str | os.PathLike | None = None) -> "Elmo":
         """Load options.json + weights.hdf5 from a directory (local or s3://).
 
-        ``path`` may also be a pair given as ``"options.json,weights.hdf5"``. With no path, the
-        built-in default model is loaded.
+        ``path`` may also be a pair given as ``"options.json,weights.hdf5"``, or the two files may
+        be named by ``options_file`` and ``weight_file`` (both, and no ``path``). With none of
+        these, the built-in default model is loaded.
         """
-        if path is None:
-            from elmo_dist import default_model_path
+        if options_file is not None or weight_file is not None:
+            if options_file is None or weight_file is None or path is not None:
+                raise OptionsError("give options_file and weight_file together, and no model path")
+            opt_uri, w_uri = str(options_file), str(weight_file)
+            opts, weights = load_official_pair(opt_uri, w_uri)
+            path = f"{opt_uri},{w_uri}"
+        else:
+            if path is None:
+                from elmo_dist import default_model_path
 
-            path = default_model_path()
-        path = str(path)
-        opts, weights = load_official_files(path)
+                path = default_model_path()
+            path = str(path)
+            opts, weights = load_official_files(path)
         model = cls(opts, mix_weights, gamma, compute_dtype)
         model.load_official(weights)
         model.fingerprint = fingerprint_arrays(opts, weights)
@@ -249,13 +271,58 @@ class Elmo(nn.Module):
             layers = acts[:, :, 1:t + 1] * mask[None, :, :, None].to(acts.dtype)  # (L+1, B, T, D)
         return layers.float(), mask
 
-    def embed_batch(self, sentences: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """All layers of a batch of tokenized sentences, like AllenNLP's ``batch_to_embeddings``.
+    # ---- raw text --------------------------------------------------------------------------
+    def tokenize(self, text: str, *, split_sentences: bool = False) -> list[list[str]]:
+        """Raw text -> sentences of Moses tokens, as the corpus job tokenizes its text column.
 
+        Without ``split_sentences`` the text is one sentence: ``[tokens]`` (``[[]]`` for text with
+        no token). With it, the text is split into sentences first (pysbd) and sentences with no
+        token are dropped, so the list may be empty. The tokenizer is built once per ``Elmo``.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"tokenize() takes a str, got {type(text).__name__}")
+        tok = self._tokenizers.get(split_sentences) if hasattr(self, "_tokenizers") else None
+        if tok is None:
+            from elmo_dist.text.tokenize import Tokenizer  # lazy: sacremoses/pysbd only when used
+
+            tok = Tokenizer("pysbd" if split_sentences else "none")
+            if not hasattr(self, "_tokenizers"):
+                self._tokenizers = {}
+            self._tokenizers[split_sentences] = tok
+        return tok(text) if split_sentences else [tok.tokens(text)]
+
+    def _token_lists(self, sentences, split_sentences: bool, checked: bool = False) -> Iterator[Sequence[str]]:
+        """Token lists from raw strings (tokenized) or token lists (as they are); see embed_batch."""
+        _refuse_bare_text(sentences)
+        first: str | None = None
+        for i, s in enumerate(sentences):
+            kind = ("string" if isinstance(s, str) else "token list") if checked else _kind(s, i)
+            if first is None:
+                first = kind
+            elif kind != first:
+                raise TypeError(f"sentences[{i}] is a {kind} but sentences[0] is a {first}: "
+                                "give all raw strings or all token lists, not a mix")
+            if kind == "string":
+                yield from self.tokenize(s, split_sentences=split_sentences)
+            else:
+                yield s
+
+    def embed_batch(self, sentences: Sequence[Sequence[str]] | Sequence[str], *,
+                    split_sentences: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """All layers of a batch of sentences, like AllenNLP's ``batch_to_embeddings``.
+
+        Args:
+            sentences: token lists (``[["Hello", "world"], ["Hi"]]``, used as they are) or raw
+                strings (``["Hello world!", "Hi"]``), each Moses-tokenized as one sentence like
+                the corpus job's text column. Not a bare str, not a mix of the two (TypeError).
+            split_sentences: split each raw string into sentences first (pysbd); the batch then
+                has one row per sentence, all sentences of string 0 first, then string 1's, ...
+                (``elmo.tokenize(text, split_sentences=True)`` gives each string's sentences).
         Returns:
             float32 (B, L+1, T, D) and bool mask (B, T), T = longest sentence; 0 at padding.
         """
-        layers, mask = self.forward_batch(Batch.from_sentences(sentences))
+        tokens = list(self._token_lists(sentences, split_sentences))
+        layers, mask = self.forward_batch(Batch.from_sentences(tokens))
         return layers.transpose(0, 1).cpu().numpy(), mask.cpu().numpy()
 
     def select(self, layers: torch.Tensor, output: Output = "mix") -> torch.Tensor:
@@ -268,34 +335,50 @@ class Elmo(nn.Module):
             return layers[output]
         raise ValueError(f"output must be 'mix', 'all' or a layer 0..{layers.shape[0] - 1}, got {output!r}")
 
-    def embed_sentences(self, sentences: Iterable[Sequence[str]], *, token_budget: int = 4096,
-                        output: Output = "mix", pooling: Pooling = None,
-                        window: int = 20000) -> Iterator[np.ndarray]:
+    def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *, token_budget: int = 4096,
+                        output: Output = "mix", pooling: Pooling = None, window: int = 20000,
+                        max_sentences: int | None = None,
+                        split_sentences: bool = False) -> Iterator[np.ndarray]:
         """Stream embeddings in input order, batching by sorted length under a token budget.
 
         Args:
-            sentences: tokenized sentences (any iterable; consumed ``window`` at a time).
+            sentences: token lists, used as they are, or raw strings, each Moses-tokenized as one
+                sentence (any iterable; consumed ``window`` sentences at a time). A bare str, or
+                strings mixed with token lists, raise TypeError.
             token_budget: max padded tokens (B x T) per model call.
             output: "mix", "all" or a layer index.
             pooling: None (one vector per token), "mean" or "max" over tokens.
+            max_sentences: optional cap on sentences per model call.
+            split_sentences: split each raw string into sentences first (pysbd); one result is
+                yielded per sentence, in order (string 0's sentences, then string 1's, ...; a
+                string with no token yields nothing). ``elmo.tokenize(text, split_sentences=True)``
+                tells how many sentences a string has.
         Yields:
             per sentence: (T, D) or (L+1, T, D) without pooling; (D,) or (L+1, D) with it.
         """
         from elmo_dist.stages.batch import plan_batches
 
+        _refuse_bare_text(sentences)  # here, not at the first next(): the generator below is lazy
+        checked = isinstance(sentences, Sequence)
+        if checked:
+            _check_kinds(sentences)  # a list is checked whole before any work
+        return self._embed_stream(self._token_lists(sentences, split_sentences, checked), token_budget,
+                                  output, pooling, window, max_sentences, plan_batches)
+
+    def _embed_stream(self, sentences, token_budget, output, pooling, window, max_sentences, plan_batches):
         buf: list[Sequence[str]] = []
         for s in sentences:
             buf.append(s)
             if len(buf) >= window:
-                yield from self._embed_window(buf, token_budget, output, pooling, plan_batches)
+                yield from self._embed_window(buf, token_budget, output, pooling, plan_batches, max_sentences)
                 buf = []
         if buf:
-            yield from self._embed_window(buf, token_budget, output, pooling, plan_batches)
+            yield from self._embed_window(buf, token_budget, output, pooling, plan_batches, max_sentences)
 
-    def _embed_window(self, sents, token_budget, output, pooling, plan_batches):
+    def _embed_window(self, sents, token_budget, output, pooling, plan_batches, max_sentences=None):
         lengths = np.array([len(s) for s in sents])
         results: list[np.ndarray | None] = [None] * len(sents)
-        for idx in plan_batches(lengths, token_budget):
+        for idx in plan_batches(lengths, token_budget, max_sentences):
             layers, mask = self.forward_batch(Batch.from_sentences([sents[i] for i in idx]))
             out = self.select(layers, output)  # (B, T, D) or (B, L+1, T, D)
             vecs = pool(out, mask, pooling) if pooling else out
@@ -303,6 +386,37 @@ class Elmo(nn.Module):
             for j, i in enumerate(idx):
                 results[i] = vecs[j] if pooling else vecs[j][..., : lengths[i], :]
         yield from results  # type: ignore[misc]
+
+
+def _refuse_bare_text(sentences) -> None:
+    if isinstance(sentences, (str, bytes)):
+        raise TypeError(f"sentences is a bare {type(sentences).__name__}: pass a list of strings "
+                        "(one sentence each) or of token lists, e.g. [text]")
+
+
+def _kind(s, i: int) -> str:
+    """"string" (raw text) or "token list"; anything else is a TypeError naming the index."""
+    if isinstance(s, str):
+        return "string"
+    if isinstance(s, (bytes, bytearray)) or not isinstance(s, (Sequence, np.ndarray)):
+        raise TypeError(f"sentences[{i}] has type {type(s).__name__}: expected a string (raw text) "
+                        "or a list of token strings")
+    for j, t in enumerate(s):
+        if not isinstance(t, str):
+            raise TypeError(f"sentences[{i}][{j}] has type {type(t).__name__}: a token list must hold strings")
+    return "token list"
+
+
+def _check_kinds(sentences: Sequence) -> None:
+    """Type check of a whole list up front, before any tokenizing or model call."""
+    first = None
+    for i, s in enumerate(sentences):
+        kind = _kind(s, i)
+        if first is None:
+            first = kind
+        elif kind != first:
+            raise TypeError(f"sentences[{i}] is a {kind} but sentences[0] is a {first}: "
+                            "give all raw strings or all token lists, not a mix")
 
 
 def pool(x: torch.Tensor, mask: torch.Tensor, how: Literal["mean", "max"]) -> torch.Tensor:
