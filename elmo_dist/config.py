@@ -1,8 +1,9 @@
 """The job's configuration: one frozen pydantic model, built once at the entry point and passed down.
 
 ``JobConfig.fingerprint()`` hashes only what changes the output (model, columns, tokenization,
-embedding settings), not how the job runs (cluster address, actor counts): resuming on a bigger
-cluster is fine, resuming with another model is refused.
+embedding settings, and the compute precision ``run.compute_dtype``), not how the job runs (cluster
+address, actor counts, token budget): resuming on a bigger cluster is fine, resuming with another
+model or precision is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from elmo_dist.storage import check_uri
 
 
 class ConfigError(ValueError):
@@ -72,11 +75,15 @@ class RunSettings(BaseModel):
     num_gpus_per_actor: float | None = Field(
         None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="matmul precision on the device (fp32 is exact)")
+        "float32", description="matmul precision on the device (fp32 is exact); changes the vectors, "
+                               "so it enters the fingerprint")
     token_budget: int = Field(4096, ge=16, description="padded tokens per model call")
     rows_per_unit: int = Field(
         20_000, ge=1, description="input rows per work unit (the unit of resumption and of an output shard)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPUs)")
+    lease_seconds: float = Field(
+        600.0, gt=0, description="lifetime of the driver's exclusive lease on the output, renewed every "
+                                 "third of it; a lease whose holder died on this host is taken over at once")
 
 
 class JobConfig(BaseModel):
@@ -92,12 +99,27 @@ class JobConfig(BaseModel):
     @field_validator("output")
     @classmethod
     def _strip(cls, v: str) -> str:
+        check_uri(v)
         return v.rstrip("/") or v
 
+    @field_validator("inputs")
+    @classmethod
+    def _no_secrets(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            check_uri(uri)
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_uri(cls, v: str | None) -> str | None:
+        if v:
+            check_uri(v)
+        return v
+
     def fingerprint(self, model_fingerprint: str) -> str:
-        """Hash of everything that decides the output's content."""
+        """Hash of everything that decides the output's content (incl. the compute precision)."""
         payload = {"model": model_fingerprint, "text": self.text.model_dump(mode="json"),
-                   "embedding": self.embedding.model_dump(mode="json")}
+                   "embedding": self.embedding.model_dump(mode="json"), "compute_dtype": self.run.compute_dtype}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

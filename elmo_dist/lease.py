@@ -39,6 +39,8 @@ import time
 import uuid
 from typing import Any
 
+from elmo_dist import storage
+
 logger = logging.getLogger(__name__)
 
 LEASE = "_lease.json"
@@ -142,13 +144,7 @@ class LocalStore(Store):
         return _loads(data), hashlib.sha256(data).hexdigest()
 
     def _tmp(self, path: str, data: bytes) -> str:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return tmp
+        return storage.write_temp_local(path, data)
 
     def create(self, name, obj):
         path, data = self._path(name), _dumps(obj)
@@ -293,22 +289,46 @@ class S3Store(Store):
 
 def store_for(directory: str) -> Store:
     """The control-object store of an output directory (local path or s3:// URI)."""
-    from elmo_dist.output import filesystem
-
-    fs, root = filesystem(directory)
-    if directory.startswith("s3://") or fs.type_name == "s3":
+    fs, root = storage.filesystem(directory)
+    if fs.type_name == "s3":
         return S3Store(directory, root)
     if fs.type_name != "local":
-        from elmo_dist.config import ConfigError
-
-        raise ConfigError(f"{directory}: refresh supports local paths and s3:// only (got {fs.type_name})")
+        raise storage.StorageError(f"{storage.redact(directory)}: leases support local paths and s3:// only "
+                                   f"(got {fs.type_name})")
     return LocalStore(root)
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a local process (Linux /proc), to tell a live holder from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def holder_dead(cur: dict[str, Any]) -> bool:
+    """Whether the lease ``cur`` was taken by a process of this host that no longer runs."""
+    if cur.get("host") != socket.gethostname() or not isinstance(cur.get("pid"), int):
+        return False
+    pid = cur["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    start = cur.get("pid_start")
+    return bool(start) and _process_start(pid) not in (None, start)
 
 
 # ---- the lease ------------------------------------------------------------------------------
 
 class Lease:
-    """Exclusive, expiring, renewed ownership of an output directory for one refresh run.
+    """Exclusive, expiring, renewed ownership of an output directory for one run (embed or refresh).
+
+    A lease is taken over when it expired, or at once when its holder was a process of this host
+    that is gone (``holder_dead``): a driver killed and rerun on the same machine does not wait.
 
     Use as ``with Lease(dir, seconds=3600).acquire() as lease: ...; lease.check()`` before any
     step that must not happen after the lease was lost (publishing, deleting).
@@ -334,15 +354,16 @@ class Lease:
     def _body(self) -> dict[str, Any]:
         now = _now()
         return {"owner": self.owner, "token": self.nonce, "renewed": _iso(now),
-                "expires": now + self.seconds, "expires_at": _iso(now + self.seconds)}
+                "expires": now + self.seconds, "expires_at": _iso(now + self.seconds),
+                "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
 
     def _held_error(self, cur: dict[str, Any]) -> LeaseHeld:
         left = float(cur.get("expires", 0)) - _now()
         return LeaseHeld(
-            f"{self.directory}: another refresh is running: lease {LEASE} is held by "
-            f"{cur.get('owner', 'an unknown owner')} until {cur.get('expires_at', '?')} "
+            f"{storage.redact(self.directory)}: another elmo-dist run is using this output: lease {LEASE} "
+            f"is held by {cur.get('owner', 'an unknown owner')} until {cur.get('expires_at', '?')} "
             f"({max(0, round(left))} s from now). It expires by itself if that run died; if you are "
-            f"sure no refresh is running, delete {posixpath.join(self.directory, LEASE)}.")
+            f"sure no run is active, delete {posixpath.join(storage.redact(self.directory), LEASE)}.")
 
     def acquire(self) -> "Lease":
         for _ in range(10):
@@ -355,13 +376,15 @@ class Lease:
                 continue
             if not isinstance(cur, dict):
                 cur = {}  # unreadable: treat as expired
-            if isinstance(cur.get("expires"), (int, float)) and cur["expires"] > _now():
+            if isinstance(cur.get("expires"), (int, float)) and cur["expires"] > _now() \
+                    and not holder_dead(cur):
                 raise self._held_error(cur)
             tok = self.store.replace(LEASE, self._body(), cur_tok)  # CAS on the expired content
             if tok is not None:
                 self.token, self.taken_over = tok, cur
-                logger.warning("%s: took over the expired lease of %s (expired %s)", self.directory,
-                               cur.get("owner", "unknown"), cur.get("expires_at", "?"))
+                logger.warning("%s: took over the lease of %s (%s)", storage.redact(self.directory),
+                               cur.get("owner", "unknown"), "its process is gone" if holder_dead(cur)
+                               else f"expired {cur.get('expires_at', '?')}")
                 break
         else:
             cur, _ = self.store.read(LEASE)

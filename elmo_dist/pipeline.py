@@ -1,10 +1,12 @@
 """The corpus job, and the only module that wires Ray.
 
-    list inputs + check schemas (driver, before any work)
-      -> plan work units, skip the ones already done (checkpoint)
+    take the output's lease (one driver per output)
+      -> list inputs + check schemas and null ids (driver, before any work)
+      -> plan work units, skip the ones already done (checkpoint: valid records only)
       -> read + prepare one unit per Ray task (CPU: tokenize, split, chunk)
       -> embed + write one unit per call in an actor pool (the biLM loaded once per actor;
          GPU when the cluster has one) -> completion record
+      -> check every planned unit has a valid record (else fail, naming what is missing)
       -> summary (rows, sentences, tokens, tokens/s, padding, time per stage) in _job/stats.json
 
 A unit travels between the two stages as one row holding its prepared sentences as Arrow IPC
@@ -18,17 +20,27 @@ import collections
 import json
 import logging
 import math
+import os
+import socket
 import time
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from elmo_dist import schema as S
-from elmo_dist.checkpoint import JobState
-from elmo_dist.output import JOB_DIR
+from elmo_dist import storage
+from elmo_dist.checkpoint import JOB_DIR, JobState
 from elmo_dist.config import EmbeddingSettings, JobConfig, TextSettings
+from elmo_dist.lease import Lease
 from elmo_dist.model.fingerprint import model_fingerprint
-from elmo_dist.stages.read import Unit, check_schema, list_inputs, plan_units, read_unit
+from elmo_dist.output import OutputError
+from elmo_dist.stages.read import (InputError, Unit, check_output_outside_inputs, check_schema,
+                                   list_inputs, plan_units, read_unit)
+
+
+class IncompleteJobError(OutputError):
+    """The job ended without a valid completion record for every planned unit."""
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +81,9 @@ class EmbedWriter:
                                       self.embedder.token_layers, metadata)
         self.output, self.subdir = output, subdir
         self.state = JobState(output, job_dir)
+        ctx = ray.get_runtime_context()
+        self.node = {"node_id": ctx.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
+                     "device": self.device, "gpu_ids": self.gpu_ids}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from elmo_dist.stages.write import write_unit
@@ -80,9 +95,9 @@ class EmbedWriter:
             embedded, estats = self.embedder(table)
             t0 = time.perf_counter()
             files = write_unit(embedded, self.output, row["unit_id"], self.schema, subdir=self.subdir)
-            stats.update(estats, write_seconds=time.perf_counter() - t0, device=self.device,
-                         gpu_ids=self.gpu_ids, files=len(files))
-            self.state.record(row["unit_id"], files, stats)
+            stats.update(estats, write_seconds=time.perf_counter() - t0, files=len(files),
+                         device=self.device, gpu_ids=self.gpu_ids)
+            self.state.record(row["unit_id"], files, stats, node=self.node)
             out.append({"unit_id": row["unit_id"], "stats": json.dumps(stats)})
         return pa.Table.from_pylist(out)
 
@@ -90,9 +105,9 @@ class EmbedWriter:
 # ---- the job ---------------------------------------------------------------------------------
 
 def output_metadata(cfg: JobConfig, model: str, fingerprint: str, dim: int) -> dict[str, Any]:
-    return {"format": 1, "model": {"source": model, "fingerprint": fingerprint, "output_dim": dim},
+    return {"format": 1, "model": {"source": storage.redact(model), "fingerprint": fingerprint, "output_dim": dim},
             "text": cfg.text.model_dump(mode="json"), "embedding": cfg.embedding.model_dump(mode="json"),
-            "config_fingerprint": cfg.fingerprint(fingerprint)}
+            "compute_dtype": cfg.run.compute_dtype, "config_fingerprint": cfg.fingerprint(fingerprint)}
 
 
 def init_ray(address: str | None) -> None:
@@ -124,29 +139,80 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
 
 
 def run(cfg: JobConfig, model: str) -> dict[str, Any]:
-    """Embed the corpus described by ``cfg`` with the model at ``model``; returns the summary."""
+    """Embed the corpus described by ``cfg`` with the model at ``model``; returns the summary.
+
+    Raises (one-line user errors): InputError, ResumeError, LeaseHeld, IncompleteJobError, ...
+    """
     t_start = time.perf_counter()
     state = JobState(cfg.output)
+    check_output_outside_inputs(cfg.inputs, cfg.output)
     state.check_writable()
-    files = list_inputs(cfg.inputs)
-    check_schema(files, cfg.text)
-    units = plan_units(files, cfg.run.rows_per_unit)
-    fp, dim = model_fingerprint(model)
-    resuming = state.begin(cfg, fp, [u.unit_id for u in units])
-    done = state.done_units()
-    pending = [u for u in units if u.unit_id not in done]
-    logger.info("%d input files, %d rows, %d work units (%d done, %d to do)%s",
-                len(files), sum(f.num_rows for f in files), len(units), len(done), len(pending),
-                " - resuming" if resuming else "")
-    if not pending:
-        logger.info("nothing to do: every unit of %s is already embedded", cfg.output)
-        summary = summarize(state.records(), time.perf_counter() - t_start, new_units=0)
-        state.write_stats(summary)
-        return summary
-    run_stats = embed_units(cfg, model, output_metadata(cfg, model, fp, dim), pending, state)
-    summary = summarize(state.records(), time.perf_counter() - t_start, **run_stats)
-    state.write_stats(summary)
-    return summary
+    with Lease(cfg.output, seconds=cfg.run.lease_seconds).acquire() as lease:
+        state.cleanup()  # temporaries of writers killed earlier (no writer runs: we hold the lease)
+        files = list_inputs(cfg.inputs)
+        check_schema(files, cfg.text)
+        units = plan_units(files, cfg.run.rows_per_unit)
+        fp, dim = model_fingerprint(model)
+        resuming = state.begin(cfg, fp, [u.unit_id for u in units])
+        done = set(state.scan().records)
+        pending = [u for u in units if u.unit_id not in done]
+        logger.info("%d input files, %d rows, %d work units (%d done, %d to do)%s",
+                    len(files), sum(f.num_rows for f in files), len(units), len(done & {u.unit_id for u in units}),
+                    len(pending), " - resuming" if resuming else "")
+        run_stats: dict[str, Any] = {"new_units": 0}
+        if pending:
+            run_stats = embed_units(cfg, model, output_metadata(cfg, model, fp, dim), pending, state)
+        else:
+            logger.info("nothing to do: every unit of %s is already embedded", storage.redact(cfg.output))
+        lease.check()
+        scan = state.scan()
+        missing = scan.missing
+        if missing:
+            raise IncompleteJobError(
+                f"{storage.redact(cfg.output)}: {len(missing)} of {len(scan.planned)} work unit(s) have no valid "
+                f"completion record after the run (e.g. {missing[0]}"
+                f"{': ' + scan.invalid[missing[0]] if missing[0] in scan.invalid else ''}). "
+                + ("Unit records are not visible to the driver: is --output on a filesystem all nodes share? "
+                   "(use s3:// or a shared mount on a multi-node cluster)" if run_stats.get("new_units") else
+                   "Rerun the same command to redo them."))
+        records = [scan.records[u] for u in scan.planned]
+        summary = summarize(records, time.perf_counter() - t_start, **run_stats)
+        if run_stats.get("new_units") or "duplicate_ids" not in (state.stats() or {}):
+            summary["duplicate_ids"] = count_duplicate_ids(state, scan.files()) if cfg.text.id_column else 0
+        else:
+            summary["duplicate_ids"] = (state.stats() or {}).get("duplicate_ids", 0)
+        if summary["duplicate_ids"]:
+            logger.warning("%d id(s) appear on more than one input row (counted in stats.json)",
+                           summary["duplicate_ids"])
+        return state.write_stats(summary, run=_run_entry(summary, run_stats))
+
+
+def _run_entry(summary: dict[str, Any], run_stats: dict[str, Any]) -> dict[str, Any]:
+    import datetime as dt
+
+    return {"finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "host": socket.gethostname(), "units": run_stats.get("new_units", 0),
+            "tokens": run_stats.get("new_tokens", 0), "seconds": round(run_stats.get("new_wall", 0.0), 2),
+            "tokens_per_second": summary["tokens_per_second_this_run"], "actors": run_stats.get("actors")}
+
+
+def count_duplicate_ids(state: JobState, files: list[str]) -> int:
+    """Ids that appear on more than one input row, counted over the output's shards (one row per
+    input row: its first sentence's first chunk). Reads only three small columns; holds 8 bytes
+    per input row."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    hashes = []
+    for rel in files:
+        t = pq.read_table(f"{state.root}/{rel}", filesystem=state.fs, columns=[S.ID, S.SENTENCE_INDEX, S.CHUNK])
+        first = pc.and_(pc.equal(t[S.SENTENCE_INDEX], 0), pc.equal(t[S.CHUNK], 0))
+        ids = t.filter(first)[S.ID].to_pylist()
+        hashes.append(np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)))
+    if not hashes:
+        return 0
+    h = np.sort(np.concatenate(hashes))
+    return int(np.count_nonzero(h[1:] == h[:-1])) if len(h) > 1 else 0
 
 
 def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: list[Unit],
@@ -174,7 +240,7 @@ def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: l
             num_gpus=plan["num_gpus"], threads=plan["threads"], job_dir=state.job_dir, subdir=subdir),
     )
     t0, n_done, tokens = time.perf_counter(), 0, 0
-    for row in ds.iter_rows():
+    for row in _user_errors_unwrapped(ds.iter_rows()):
         n_done += 1
         st = json.loads(row["stats"])
         tokens += st.get("tokens", 0)
@@ -183,6 +249,25 @@ def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: l
                     n_done, len(pending), row["unit_id"], st.get("sentences", 0), st.get("tokens", 0),
                     tokens / max(el, 1e-9))
     return {"new_units": n_done, "new_wall": time.perf_counter() - t0, "new_tokens": tokens, "actors": plan}
+
+
+def _user_errors_unwrapped(rows):
+    """Re-raise an input error raised inside a Ray task as itself (one line for the CLI), not as
+    Ray's wrapper with a remote traceback."""
+    try:
+        yield from rows
+    except Exception as e:
+        stack: list[BaseException | None] = [e]
+        seen: set[int] = set()
+        while stack:
+            c = stack.pop()
+            if c is None or id(c) in seen:
+                continue
+            seen.add(id(c))
+            if isinstance(c, InputError) and type(c).__module__.startswith("elmo_dist"):
+                raise c.with_traceback(None) from None
+            stack += [getattr(c, "cause", None), c.__cause__, c.__context__]
+        raise
 
 
 def summarize(records: list[dict[str, Any]], wall: float, new_units: int, new_wall: float = 0.0,

@@ -40,10 +40,13 @@ from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
-from elmo_dist.checkpoint import JobState
+from elmo_dist import storage
+from elmo_dist.checkpoint import JOB_DIR, JobState
 from elmo_dist.config import ConfigError, JobConfig
 from elmo_dist.lease import Lease, LeaseError, Store, store_for
-from elmo_dist.output import CURRENT, JOB_DIR, filesystem, read_json
+from elmo_dist.output import CURRENT
+from elmo_dist.stages.read import check_output_outside_inputs
+from elmo_dist.storage import filesystem, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,11 +120,13 @@ def _why_full(current: dict[str, Any], cfg: JobConfig, model_fp: str) -> str:
     return "full re-embed: " + (", ".join(parts) or "settings changed")
 
 
-def _completed(fs: pafs.FileSystem, root: str, config_fp: str, wanted: set[str]) -> dict[str, dict]:
-    """Completion records of ``wanted`` units in any run dir with the same config fingerprint.
+def _completed(output: str, fs: pafs.FileSystem, root: str, config_fp: str,
+               wanted: set[str]) -> dict[str, dict]:
+    """Valid completion records of ``wanted`` units in any run dir with the same config fingerprint.
 
-    Records are written only after their shards, and retention deletes a run's records before any
-    shard, so a record found here always names existing shards.
+    A record counts only when its shards exist with the recorded sizes (``JobState.scan``); a torn
+    record or a damaged shard makes its unit pending again. Retention deletes a run's records
+    before any shard.
     """
     found: dict[str, dict] = {}
     if not wanted:
@@ -132,12 +137,9 @@ def _completed(fs: pafs.FileSystem, root: str, config_fp: str, wanted: set[str])
         conf = read_json(fs, posixpath.join(run.path, "config.json"))
         if not conf or conf.get("fingerprint") != config_fp:
             continue
-        for rec in _listing(fs, posixpath.join(run.path, "units")):
-            uid = posixpath.basename(rec.path)[:-5]
-            if rec.path.endswith(".json") and uid in wanted and uid not in found:
-                r = read_json(fs, rec.path)
-                if r and r.get("files"):
-                    found[uid] = r
+        state = JobState(output, f"{RUNS}/{posixpath.basename(run.path)}")
+        for uid, rec in state.scan(sorted(wanted - set(found)), data_dir=f"{DATA}/{config_fp}").records.items():
+            found.setdefault(uid, rec)
     return found
 
 
@@ -175,10 +177,11 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
                  if i.type == pafs.FileType.File and _rel(root, i.path) not in kept_names]
     data = _listing(fs, posixpath.join(root, DATA), recursive=True)
     shards = [i.path for i in data if i.type == pafs.FileType.File and _rel(root, i.path) not in referenced]
-    if isinstance(fs, pafs.LocalFileSystem):  # temporaries of interrupted pointer/lease writes
+    if isinstance(fs, pafs.LocalFileSystem):  # temporaries of interrupted pointer/lease writes (old naming)
         shards += [i.path for i in _listing(fs, root) if i.type == pafs.FileType.File
                    and re.match(r"^_(current|lease)\.json\.tmp-[0-9a-f]{32}$", posixpath.basename(i.path))]
     lease.check()  # never delete after losing the lease
+    storage.remove_temporaries(fs, root, recursive=True)  # of writers killed earlier (we hold the lease)
     for p in runs:  # records first: no record may outlive its shards
         fs.delete_dir(p)
     for p in manifests:
@@ -221,6 +224,7 @@ def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: f
     if keep_versions < 1:
         raise ConfigError("keep_versions must be >= 1")
     t0 = time.perf_counter()
+    check_output_outside_inputs(cfg.inputs, cfg.output)
     store = store_for(cfg.output)
     lease = Lease(cfg.output, owner=owner, seconds=lease_seconds, store=store)
     try:
@@ -258,10 +262,6 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
             raise RefreshError(f"{cfg.output}: {CURRENT} points at a missing manifest {pointer['manifest']}")
 
     files = list_inputs(cfg.inputs)
-    inside = [f.uri for f in files if f.uri.startswith(cfg.output.rstrip("/") + "/")]
-    if inside:
-        raise RefreshError(f"input {inside[0]} lies inside the output {cfg.output}: give inputs that "
-                           "exclude the output directory")
     model_fp, dim = model_fingerprint(model)
     config_fp = cfg.fingerprint(model_fp)
     prev_inputs: dict[str, dict] = current["inputs"] if current else {}
@@ -270,7 +270,8 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
     changed = [u for u in listing if u in prev_inputs and
                (prev_inputs[u].get("size") != listing[u].size or prev_inputs[u].get("version") != listing[u].version)]
     deleted = sorted(u for u in prev_inputs if u not in listing)
-    unchanged = [u for u in listing if u in prev_inputs and u not in set(changed)]
+    changed_set = set(changed)
+    unchanged = [u for u in listing if u in prev_inputs and u not in changed_set]
     if current is None:
         reason = "first version"
     elif current.get("config_fingerprint") != config_fp:
@@ -303,7 +304,7 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
     units = plan_units(to_embed, cfg.run.rows_per_unit)
     ids = [u.unit_id for u in units]
     run_id = run_id_for(config_fp, ids)
-    records = _completed(fs, root, config_fp, set(ids))
+    records = _completed(cfg.output, fs, root, config_fp, set(ids))
     pending = [u for u in units if u.unit_id not in records]
     reused = len(units) - len(pending)
     logger.info("%d work unit(s) planned (run %s): %d already done by an interrupted run, %d to embed",
@@ -314,9 +315,8 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
         state.begin(cfg, model_fp, ids)
         run_stats = embed_units(cfg, model, output_metadata(cfg, model, model_fp, dim), pending, state,
                                 subdir=f"{DATA}/{config_fp}")
-        for r in state.records():
-            if r["unit"] in set(ids):
-                records[r["unit"]] = r
+        for uid, r in state.scan(ids, data_dir=f"{DATA}/{config_fp}").records.items():
+            records[uid] = r
     missing = [u for u in ids if u not in records]
     if missing:
         raise RefreshError(f"{len(missing)} work unit(s) have no completion record after embedding "
@@ -324,18 +324,25 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
 
     inputs: dict[str, dict] = {}
     embedded = {f.uri for f in to_embed}
+    units_by_uri: dict[str, list[str]] = {}
+    for u in units:
+        units_by_uri.setdefault(u.uri, []).append(u.unit_id)
+    sizes = {e["path"]: e["size"] for r in records.values() for e in r["files"] if e.get("size") is not None}
     for f in files:
         if f.uri not in embedded:
             inputs[f.uri] = prev_inputs[f.uri]
             continue
-        uids = [u.unit_id for u in units if u.uri == f.uri]
+        uids = units_by_uri.get(f.uri, [])
         inputs[f.uri] = {"size": f.size, "version": f.version, "rows": f.num_rows, "units": uids,
-                         "files": [p for u in uids for p in records[u]["files"]]}
+                         "files": [e["path"] for u in uids for e in records[u]["files"]]}
     manifest = {"previous": current["version"] if current else None, "created": _now_iso(),
                 "config_fingerprint": config_fp, "model_fingerprint": model_fp, "model": model,
                 "settings": _settings(cfg), "inputs": inputs,
                 "files": sorted({p for e in inputs.values() for p in e.get("files", [])}),
+                "sizes": {},
                 "rows": sum(int(e.get("rows", 0)) for e in inputs.values()), "run_id": run_id}
+    known = {**(current or {}).get("sizes", {}), **sizes}
+    manifest["sizes"] = {p: known[p] for p in manifest["files"] if p in known}
     lease.check()
     version, name = _publish_manifest(store, fs, root, manifest, current["version"] if current else 0)
     manifest["version"] = version

@@ -71,7 +71,7 @@ def test_job_equals_model_and_is_order_free(corpus, tmp_path, tiny_dir, ray_runt
         np.testing.assert_allclose(np.array(tok_vecs[i]), mix[i, : len(tokens[i])], atol=1e-5, rtol=0)
 
     # Metadata: model fingerprint and settings, readable without custom code.
-    md = S.read_metadata(pq.read_schema(str(out / JobState(str(out)).records()[0]["files"][0])))
+    md = S.read_metadata(pq.read_schema(str(out / JobState(str(out)).records()[0]["files"][0]["path"])))
     assert md["model"]["fingerprint"] == elmo.fingerprint and md["embedding"]["pooling"] == "mean"
     stats = json.load(open(out / "_job" / "stats.json"))
     assert stats["sentences"] == t.num_rows and 0 <= stats["padding_ratio"] < 1

@@ -207,7 +207,7 @@ def test_refresh_local_lifecycle(tmp_path, ray_runtime, tiny_dir, rows, capsys):
     assert len(records) == 2
     # make it look like the run was killed while unit f was in flight: no record, shard half done
     (rec_f,) = [r for r in records
-                if pq.read_table(os.path.join(out, r["files"][0])).column("source")[0].as_py() == uri["f"]]
+                if pq.read_table(os.path.join(out, r["files"][0]["path"])).column("source")[0].as_py() == uri["f"]]
     os.remove(os.path.join(out, RUNS, run_dir, "units", f"{rec_f['unit']}.json"))
     # ... and its lease was left behind, expired (a SIGKILLed run cannot release it)
     with open(os.path.join(out, LEASE), "w") as fh:

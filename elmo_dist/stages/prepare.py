@@ -31,12 +31,23 @@ def tokenizer_for(text: TextSettings) -> Tokenizer:
     return _TOKENIZERS[text.sentence_split]
 
 
+def id_strings(col: pa.ChunkedArray) -> list[str]:
+    """Ids as strings: text as it is, integers in decimal, binary and UUID values as hex."""
+    t = col.type
+    if isinstance(t, pa.ExtensionType):
+        col = pa.chunked_array([c.storage for c in col.chunks], t.storage_type)
+        t = t.storage_type
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        return [v.hex() for v in col.to_pylist()]
+    return [str(v) for v in col.to_pylist()]
+
+
 def _ids(table: pa.Table, text: TextSettings) -> list[str]:
     if text.id_column:
         col = table.column(text.id_column)
-        if col.null_count:
+        if col.null_count:  # planning refuses null ids from the footers; this guards the rest
             raise ValueError(f"id column '{text.id_column}' has {col.null_count} null values")
-        return [str(v) for v in col.to_pylist()]
+        return id_strings(col)
     sources = table.column(S.SOURCE).to_pylist()
     rows = table.column(S.ROW).to_pylist()
     return [f"{s}#{r}" for s, r in zip(sources, rows)]
@@ -72,6 +83,7 @@ def prepare(table: pa.Table, text: TextSettings) -> tuple[pa.Table, dict[str, in
     """
     stats: collections.Counter = collections.Counter()
     ids = _ids(table, text)
+    stats["duplicate_ids_in_unit"] = len(ids) - len(set(ids)) if text.id_column else 0
     sources = table.column(S.SOURCE).to_pylist()
     cols: dict[str, list[Any]] = {k: [] for k in (S.ID, S.SENTENCE_INDEX, S.CHUNK, S.N_CHUNKS,
                                                    S.SOURCE, S.TEXT, S.TOKENS, S.N_TOKENS)}

@@ -2,7 +2,12 @@
 work units (row-group ranges), and read one unit's rows.
 
 A work unit is the unit of resumption: its id is derived from the file's identity (path, size,
-modification time or ETag) and its row groups, so a changed file gets new unit ids.
+modification time or ETag) and its row groups, so a changed file gets new unit ids. A unit also
+carries its file's size and version, and reading it checks them: a file rewritten after planning
+stops the job (``InputChangedError``) instead of being embedded under the old unit.
+
+Listing skips files and directories whose name starts with ``_`` or ``.`` (``_SUCCESS``,
+``_temporary/``, ``.spark-staging/``, ``_job/``): writers keep unfinished data there.
 """
 
 from __future__ import annotations
@@ -11,13 +16,14 @@ import hashlib
 import logging
 import posixpath
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from elmo_dist import schema as S
+from elmo_dist import storage
 from elmo_dist.config import TextSettings
 
 logger = logging.getLogger(__name__)
@@ -27,6 +33,10 @@ class InputError(ValueError):
     """Input files are missing, unreachable, or do not have the columns the job needs."""
 
 
+class InputChangedError(InputError):
+    """An input file changed between planning and reading."""
+
+
 @dataclass(frozen=True)
 class InputFile:
     uri: str  # as the user sees it: /abs/path.parquet or s3://bucket/key.parquet
@@ -34,6 +44,7 @@ class InputFile:
     size: int
     version: str  # modification time (ns) or ETag-like token
     row_groups: tuple[int, ...]  # rows per row group
+    metadata: pq.FileMetaData | None = field(default=None, compare=False, repr=False)  # the footer
 
     @property
     def num_rows(self) -> int:
@@ -48,6 +59,8 @@ class Unit:
     first_row: int  # row number of the unit's first row within the file
     num_rows: int
     offset: int = 0  # rows to skip within those row groups (a row group bigger than a unit is sliced)
+    file_size: int = -1  # the file's size and version when planned (-1 / "": not checked)
+    file_version: str = ""
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -57,16 +70,19 @@ class Unit:
     @classmethod
     def from_dict(cls, d: dict) -> "Unit":
         return cls(d["unit_id"], d["uri"], tuple(int(x) for x in d["row_groups"]),
-                   int(d["first_row"]), int(d["num_rows"]), int(d.get("offset", 0)))
+                   int(d["first_row"]), int(d["num_rows"]), int(d.get("offset", 0)),
+                   int(d.get("file_size", -1)), str(d.get("file_version", "")))
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        try:
-            return pafs.FileSystem.from_uri(uri)
-        except Exception as e:
-            raise InputError(f"{uri}: cannot open filesystem ({e})") from None
-    return pafs.LocalFileSystem(), posixpath.abspath(uri)
+    try:
+        return storage.filesystem(uri)
+    except storage.StorageError as e:
+        raise InputError(str(e)) from None
+
+
+def file_version(info: pafs.FileInfo) -> str:
+    return str(info.mtime_ns) if info.mtime_ns is not None else ""
 
 
 def _glob_regex(pattern: str) -> re.Pattern:
@@ -89,16 +105,14 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def _to_uri(pattern: str, path: str) -> str:
-    if "://" in pattern:
-        return f"{pattern.split('://', 1)[0]}://{path}"
-    return path
+    return storage.to_uri(pattern, path)
 
 
 def _info(fs: pafs.FileSystem, path: str, what: str) -> pafs.FileInfo:
     try:
         return fs.get_file_info(path)
     except Exception as e:  # unreachable endpoint, missing bucket, credentials
-        raise InputError(f"{what}: cannot reach input ({type(e).__name__}: {e})") from None
+        raise InputError(f"{storage.redact(what)}: cannot reach input ({type(e).__name__}: {e})") from None
 
 
 def list_inputs(patterns: list[str]) -> list[InputFile]:
@@ -128,22 +142,42 @@ def list_inputs(patterns: list[str]) -> list[InputFile]:
             md = pq.ParquetFile(path, filesystem=fs).metadata
         except Exception as e:
             raise InputError(f"{uri}: not a readable Parquet file ({e})") from None
-        version = str(info.mtime_ns) if info.mtime_ns is not None else ""
-        out.append(InputFile(uri, path, int(info.size or 0), version,
-                             tuple(md.row_group(i).num_rows for i in range(md.num_row_groups))))
+        out.append(InputFile(uri, path, int(info.size or 0), file_version(info),
+                             tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)), md))
     return out
+
+
+def _hidden(path: str, base: str) -> bool:
+    """Whether a file or a directory between ``base`` and it starts with ``_`` or ``.``."""
+    rel = path[len(base):].lstrip("/") if path.startswith(base) else posixpath.basename(path)
+    return any(part.startswith((".", "_")) for part in rel.split("/") if part)
 
 
 def _list_dir(fs: pafs.FileSystem, path: str, what: str) -> list[pafs.FileInfo]:
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     except Exception as e:
-        raise InputError(f"{what}: cannot list input ({type(e).__name__}: {e})") from None
+        raise InputError(f"{storage.redact(what)}: cannot list input ({type(e).__name__}: {e})") from None
     return sorted(
         (i for i in infos if i.type == pafs.FileType.File and i.path.endswith(".parquet")
-         and not posixpath.basename(i.path).startswith((".", "_"))),
+         and not _hidden(i.path, path.rstrip("/"))),
         key=lambda i: i.path,
     )
+
+
+def check_output_outside_inputs(patterns: list[str], output: str) -> None:
+    """Refuse an output that lies inside an input location (its shards would become input on the
+    next run), or an input inside the output; compared on resolved paths."""
+    for pattern in patterns:
+        base = pattern
+        if any(c in pattern for c in "*?["):
+            base = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+            base = base if base.endswith("/") else posixpath.dirname(base)
+        if storage.is_within(output, base.rstrip("/") or "/") or storage.is_within(pattern if base == pattern
+                                                                                    else base, output):
+            raise InputError(f"the output {storage.redact(output)} and the input {storage.redact(pattern)} "
+                             "overlap: give an output outside every input directory (its shards would be "
+                             "read as input by the next run)")
 
 
 def input_columns(text: TextSettings) -> list[str]:
@@ -153,11 +187,38 @@ def input_columns(text: TextSettings) -> list[str]:
     return cols
 
 
+def _id_type_ok(t: pa.DataType) -> bool:
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
+
+
+def _null_ids(f: InputFile, fs: pafs.FileSystem, path: str, column: str) -> int:
+    """Null values in ``column``, from the footer's statistics (the column is read only where a
+    row group has no null count)."""
+    md = f.metadata if f.metadata is not None else pq.ParquetFile(path, filesystem=fs).metadata
+    idx = [i for i in range(md.num_columns) if md.schema.column(i).path == column]
+    if not idx:
+        return 0
+    nulls, unknown = 0, []
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(idx[0]).statistics
+        if st is not None and st.has_null_count:
+            nulls += st.null_count
+        else:
+            unknown.append(g)
+    if unknown:
+        col = pq.ParquetFile(path, filesystem=fs).read_row_groups(unknown, columns=[column]).column(0)
+        nulls += col.null_count
+    return nulls
+
+
 def check_schema(files: list[InputFile], text: TextSettings) -> None:
-    """Fail before any work if a file lacks a column or has the wrong type."""
+    """Fail before any work if a file lacks a column, has the wrong type, or has null ids."""
     for f in files:
         fs, path = resolve_fs(f.uri)
-        sch = pq.read_schema(path, filesystem=fs)
+        sch = f.metadata.schema.to_arrow_schema() if f.metadata is not None else pq.read_schema(path, filesystem=fs)
         names = set(sch.names)
         for col in input_columns(text):
             if col not in names:
@@ -179,8 +240,13 @@ def check_schema(files: list[InputFile], text: TextSettings) -> None:
                                  "list<string> (one sentence) or list<list<string>> (sentences)")
         if text.id_column:
             t = sch.field(text.id_column).type
-            if pa.types.is_nested(t) or pa.types.is_floating(t):
-                raise InputError(f"{f.uri}: id column '{text.id_column}' is {t}, expected string or integer")
+            if not _id_type_ok(t):
+                raise InputError(f"{f.uri}: id column '{text.id_column}' is {t}, expected string, integer "
+                                 "or binary (binary and UUID ids are written as hex strings)")
+            nulls = _null_ids(f, fs, path, text.id_column)
+            if nulls:
+                raise InputError(f"{f.uri}: id column '{text.id_column}' has {nulls} null value(s); every "
+                                 "row needs an id (or drop --id-column to derive ids from file and row)")
 
 
 def plan_units(files: list[InputFile], rows_per_unit: int) -> list[Unit]:
@@ -208,7 +274,7 @@ def plan_units(files: list[InputFile], rows_per_unit: int) -> list[Unit]:
 def _unit(f: InputFile, groups: list[int], first: int, rows: int, offset: int = 0) -> Unit:
     key = f"{f.uri}|{f.size}|{f.version}|{groups[0]}-{groups[-1]}|{offset}+{rows}"
     uid = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return Unit(uid, f.uri, tuple(groups), first, rows, offset)
+    return Unit(uid, f.uri, tuple(groups), first, rows, offset, f.size, f.version)
 
 
 def read_unit(unit: Unit, text: TextSettings) -> pa.Table:
@@ -217,6 +283,23 @@ def read_unit(unit: Unit, text: TextSettings) -> pa.Table:
     table = pq.ParquetFile(path, filesystem=fs).read_row_groups(list(unit.row_groups),
                                                                 columns=input_columns(text))
     table = table.slice(unit.offset, unit.num_rows)
+    check_unchanged(unit, fs, path)
     n = table.num_rows
     table = table.append_column(S.SOURCE, pa.array([unit.uri] * n, pa.string()))
     return table.append_column(S.ROW, pa.array(range(unit.first_row, unit.first_row + n), pa.int64()))
+
+
+def check_unchanged(unit: Unit, fs: pafs.FileSystem, path: str) -> None:
+    """Raise InputChangedError when the unit's file no longer has the size and version it was
+    planned with (checked after reading, so a rewrite before or during the read is caught)."""
+    if unit.file_size < 0:
+        return
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise InputChangedError(f"{storage.redact(unit.uri)}: input file disappeared during the run; rerun the job")
+    size, version = int(info.size or 0), file_version(info)
+    if size != unit.file_size or (unit.file_version and version != unit.file_version):
+        raise InputChangedError(
+            f"{storage.redact(unit.uri)}: input file changed during the run (size {unit.file_size} -> {size}, "
+            f"version {unit.file_version} -> {version}); the job stopped so that no unit mixes versions. "
+            "Rerun it when the input is stable (or use `elmo-dist refresh` for changing corpora)")
