@@ -61,6 +61,9 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--token-budget", type=int, help="padded tokens per model call (default 4096)")
     g.add_argument("--rows-per-unit", type=int, help="input rows per work unit (default 20000)")
     g.add_argument("--torch-threads", type=int, help="torch threads per actor")
+    g.add_argument("--lease-seconds", type=float,
+                   help="lifetime of the driver's exclusive lease on the output, renewed while it runs "
+                        "(default 600; a lease whose process died on this host is taken over at once)")
 
 
 _FIELDS = {
@@ -73,6 +76,7 @@ _FIELDS = {
     "num_actors": "run.num_actors", "cpus_per_actor": "run.cpus_per_actor",
     "num_gpus_per_actor": "run.num_gpus_per_actor", "compute_dtype": "run.compute_dtype",
     "token_budget": "run.token_budget", "rows_per_unit": "run.rows_per_unit", "torch_threads": "run.torch_threads",
+    "lease_seconds": "run.lease_seconds",
 }
 
 
@@ -111,6 +115,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run_from_args(args)
     return 0
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("directory", metavar="DIR", help="output directory of `elmo-dist embed` or `refresh` (local or s3://)")
+    p.add_argument("--deep", action="store_true",
+                   help="also read every shard's footer: readable, row count as recorded, written by this job")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from elmo_dist.output import verify
+
+    report = verify(args.directory, deep=args.deep)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1))
+    else:
+        d = report.to_dict()
+        print(f"{d['directory']}: {d['kind']} output, {d['units_done']} of {d['units_planned']} units done, "
+              f"{d['shards']} shards" + (f", {d['rows']} rows" if d["rows"] is not None else ""))
+        for p in report.problems:
+            print(f"PROBLEM: {p}")
+        for n in report.notes:
+            print(f"note: {n}")
+        print("OK" if report.ok else f"{len(report.problems)} problem(s): rerun the job to repair them")
+    return 0 if report.ok else 1
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -203,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
         r.set_defaults(func=cmd_refresh)
     except ImportError:
         pass
+    v = sub.add_parser("verify", help="check an output: records vs plan vs shards (--deep: every footer)",
+                       description="Check an output's completion records against its plan and its shard files "
+                                   "(sizes; with --deep, every footer's row count and metadata). Exit 0 when "
+                                   "sound, 1 when problems were found (a rerun of the job repairs them).")
+    add_verify_arguments(v)
+    v.set_defaults(func=cmd_verify)
     x = sub.add_parser("elmo", help="AllenNLP's `elmo` command: a text file of sentences -> HDF5",
                        description="Embed a text file, one whitespace-tokenized sentence per line, into an HDF5 "
                                    "file in the layout of AllenNLP's `allennlp elmo` command.")

@@ -8,8 +8,9 @@ from elmo_dist.model.weights import WeightsError
 from elmo_dist.output import OutputError
 from elmo_dist.refresh import RefreshError
 from elmo_dist.stages.read import InputError
+from elmo_dist.storage import StorageError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, InputError, OptionsError, WeightsError, OutputError, ResumeError, PermissionError,
-    FileNotFoundError, LeaseError, RefreshError,
+    FileNotFoundError, LeaseError, RefreshError, StorageError,
 )

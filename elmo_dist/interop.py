@@ -17,7 +17,7 @@ sentence, else ``<id>:<sentence_index>``; ids are escaped for HDF5 (``%`` -> ``%
 
 The file is written under a temporary name in the output's directory, fsynced and renamed: a run
 that fails or is killed never leaves a partial ``OUTPUT.hdf5`` (an interrupted run may leave a
-``.OUTPUT.hdf5.tmp-*`` file behind; an error removes it).
+``.OUTPUT.hdf5.tmp-<hex>`` file behind; an error removes it).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ import json
 import logging
 import os
 import time
-import uuid
 from typing import Any, Iterator, Literal
 
 import numpy as np
 
+from elmo_dist import storage
 from elmo_dist.stages.read import InputError
 
 logger = logging.getLogger(__name__)
@@ -88,36 +88,18 @@ def _check_output_path(path: str) -> str:
 @contextlib.contextmanager
 def atomic_hdf5(path: str) -> Iterator[Any]:
     """An ``h5py.File`` open for writing at a temporary name beside ``path``; on success it is closed,
-    fsynced and renamed to ``path`` (and the directory fsynced); on any error it is removed."""
+    fsynced and renamed to ``path`` (``storage.atomic_local_path``); on any error it is removed."""
     import h5py
 
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        fh = h5py.File(tmp, "w")
-    except OSError as e:
-        raise InteropError(f"{path}: cannot create {tmp}: {e}") from None
-    try:
+    with storage.atomic_local_path(path) as tmp:
+        try:
+            fh = h5py.File(tmp, "w")
+        except OSError as e:
+            raise InteropError(f"{path}: cannot create {tmp}: {e}") from None
         try:
             yield fh
         finally:
             fh.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable (not possible on every filesystem)
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def _write_sentence_to_index(fh, mapping: dict[str, str]) -> None:

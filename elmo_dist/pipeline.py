@@ -225,6 +225,9 @@ def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: l
     from ray.data import ActorPoolStrategy
 
     init_ray(cfg.run.address)
+    # the original exception of a failed stage (e.g. InputChangedError) reaches the driver, which
+    # reports it in one line instead of Ray's wrapper
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     plan = actor_plan(cfg, len(pending))
     logger.info("embedding %d unit(s) with %d actor(s): %s CPU, %s GPU, %d torch thread(s) each",
                 len(pending), plan["actors"], plan["num_cpus"], plan["num_gpus"], plan["threads"])
@@ -265,7 +268,8 @@ def _user_errors_unwrapped(rows):
                 continue
             seen.add(id(c))
             if isinstance(c, InputError) and type(c).__module__.startswith("elmo_dist"):
-                raise c.with_traceback(None) from None
+                lines = str(c).strip().splitlines()  # Ray appends its retry advice to the message
+                raise type(c)(lines[0] if lines else type(c).__name__) from None
             stack += [getattr(c, "cause", None), c.__cause__, c.__context__]
         raise
 

@@ -67,17 +67,13 @@ def add_refresh_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-versions", type=int, default=3, metavar="N",
                    help="published versions to keep (manifests and their shards); older ones are deleted "
                         "(default 3; keep >= 2 so readers that started on the previous version finish)")
-    g.add_argument("--lease-seconds", type=float, default=3600.0, metavar="S",
-                   help="lifetime of the lease on the output, renewed every S/3 while the run is alive; "
-                        "a crashed run's lease expires after S (default 3600)")
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     from elmo_dist.cli import build_config, resolve_model
 
     cfg = build_config(args)
-    summary = refresh(cfg, resolve_model(cfg.model), keep_versions=args.keep_versions,
-                      lease_seconds=args.lease_seconds)
+    summary = refresh(cfg, resolve_model(cfg.model), keep_versions=args.keep_versions)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -205,7 +201,7 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
 
 # ---- the refresh ----------------------------------------------------------------------------
 
-def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: float = 3600.0,
+def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: float | None = None,
             owner: str | None = None, _before_publish: Callable[[dict[str, Any]], None] | None = None
             ) -> dict[str, Any]:
     """Bring the refresh output ``cfg.output`` up to date with the corpus ``cfg.inputs``.
@@ -226,7 +222,7 @@ def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: f
     t0 = time.perf_counter()
     check_output_outside_inputs(cfg.inputs, cfg.output)
     store = store_for(cfg.output)
-    lease = Lease(cfg.output, owner=owner, seconds=lease_seconds, store=store)
+    lease = Lease(cfg.output, owner=owner, seconds=lease_seconds or cfg.run.lease_seconds, store=store)
     try:
         lease.acquire()
     except LeaseError:

@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from elmo_dist import schema
+from elmo_dist import schema, storage
 from elmo_dist.output import OutputError, filesystem, list_shards
 
 if TYPE_CHECKING:  # importing elmo_dist.search must not import torch
@@ -117,14 +117,15 @@ class Output:
         return {key: emb.get(key) for key in _VECTOR_KEYS}
 
     @classmethod
-    def open(cls, directory: str) -> "Output":
+    def open(cls, directory: str, allow_partial: bool = False) -> "Output":
         """Read every shard's footer (in parallel) and check the shards can be searched together.
 
         Raises:
-            OutputError: the directory is missing or holds no shard.
+            OutputError: the directory is missing or holds no shard; IncompleteOutputError when its
+                job has not finished (unless ``allow_partial``).
             SearchError: a shard lacks the metadata, or shards disagree on the model or settings.
         """
-        paths = list_shards(directory)
+        paths = list_shards(directory, allow_partial)
         fs, root = filesystem(directory)
         root = root.rstrip("/")
         infos = {i.path: i.size for i in fs.get_file_info(paths)}
@@ -388,18 +389,16 @@ def _read_index(path: str, with_data: bool = True) -> _IndexFiles | None:
 
 
 def _write_index(path: str, files: _IndexFiles) -> None:
+    """The graph first, then ``index.json`` (the commit point), each written atomically."""
     faiss = _faiss()
     fs, root = filesystem(path)
-    fs.create_dir(root, recursive=True)
-    tmp = _join(root, files.meta["data"] + ".tmp")
-    if isinstance(fs, pafs.LocalFileSystem):
-        faiss.write_index(files.index, tmp)
+    data = _join(root, files.meta["data"])
+    if storage.is_local(fs):  # straight to the file: no second copy in memory
+        with storage.atomic_local_path(data) as tmp:
+            faiss.write_index(files.index, tmp)
     else:
-        with fs.open_output_stream(tmp) as fh:
-            fh.write(memoryview(faiss.serialize_index(files.index)))
-    fs.move(tmp, _join(root, files.meta["data"]))
-    with fs.open_output_stream(_join(root, INDEX_META)) as fh:  # written last: the commit point
-        fh.write(json.dumps(files.meta, indent=1, sort_keys=True).encode())
+        storage.write_bytes(fs, data, faiss.serialize_index(files.index).tobytes())
+    storage.write_json(fs, _join(root, INDEX_META), files.meta)
 
 
 def _build_hint(directory: str, path: str) -> str:
@@ -436,7 +435,7 @@ def _check_index(meta: dict[str, Any], output: Output, path: str) -> tuple[list[
 
 def build_index(directory: str, out_path: str | None = None, *, m: int = 16, ef_construction: int = 100,
                 storage: str = "float32", batch_rows: int = 65536, rebuild: bool = False,
-                threads: int | None = None) -> str:
+                threads: int | None = None, allow_partial: bool = False) -> str:
     """Build, or bring up to date, the approximate (HNSW, cosine) index of an output.
 
     An existing index at ``out_path`` is kept when it covers exactly the current shards, extended
@@ -453,6 +452,7 @@ def build_index(directory: str, out_path: str | None = None, *, m: int = 16, ef_
         storage: "float32" (scores exact to float32) or "float16" (half the memory, scores to ~1e-3).
         rebuild: build from scratch even when the existing index could be kept or extended.
         threads: faiss (OpenMP) threads; default: all cores.
+        allow_partial: index an unfinished job's finished units (refused by default).
     Returns:
         out_path.
     """
@@ -462,7 +462,7 @@ def build_index(directory: str, out_path: str | None = None, *, m: int = 16, ef_
     if storage not in ("float32", "float16"):
         raise SearchError(f"storage must be float32 or float16, got {storage!r}")
     out_path = out_path or default_index_path(directory)
-    output = Output.open(directory)
+    output = Output.open(directory, allow_partial)
     existing = None if rebuild else _read_index(out_path, with_data=False)
     todo: list[Shard] = list(output.shards)
     if existing is not None:
@@ -610,8 +610,10 @@ class SearchIndex:
 
     @classmethod
     def open(cls, directory: str, model=None, index=None, batch_rows: int = 65536, device=None,
-             in_memory: bool = False, ef_search: int = 256) -> "SearchIndex":
-        return cls(Output.open(directory), model, index, batch_rows, device, in_memory, ef_search)
+             in_memory: bool = False, ef_search: int = 256, allow_partial: bool = False) -> "SearchIndex":
+        """See the class doc; ``allow_partial`` searches an unfinished job's finished units."""
+        return cls(Output.open(directory, allow_partial), model, index, batch_rows, device, in_memory,
+                   ef_search)
 
     @property
     def num_rows(self) -> int:
@@ -726,7 +728,7 @@ def _prefetch(it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None, index=None,
-           batch_rows: int = 65536, device=None) -> list[list[Hit]]:
+           batch_rows: int = 65536, device=None, allow_partial: bool = False) -> list[list[Hit]]:
     """Top-k most similar sentences of an output per query (cosine of sentence embeddings).
 
     Args:
@@ -739,11 +741,12 @@ def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None
             ``DIR/_index``; a path: the index there (see ``build_index``).
         batch_rows: rows scored at a time (exact search).
         device: None/"cpu" (NumPy), "cuda[:N]" (torch) or "auto".
+        allow_partial: search an unfinished job's finished units (refused by default).
     Returns:
         per query, its hits by descending score.
     """
     return SearchIndex.open(directory, model=model, index=index, batch_rows=batch_rows,
-                            device=device).search(queries, k)
+                            device=device, allow_partial=allow_partial).search(queries, k)
 
 
 # ---- command line --------------------------------------------------------------------------
@@ -771,6 +774,8 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HNSW search breadth (higher: better recall, slower; default 256)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows scored at a time (exact search)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: CUDA when present)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="search the finished units of an unfinished job (refused by default)")
 
 
 def run_search_command(args: argparse.Namespace) -> int:
@@ -785,9 +790,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     try:
         index = args.index or (True if args.ann else None)
         if args.build_index:
-            index = build_index(args.directory, args.index)
+            index = build_index(args.directory, args.index, allow_partial=args.allow_partial)
         idx = SearchIndex.open(args.directory, model=args.model, index=index, batch_rows=args.batch_rows,
-                               device=args.device, ef_search=args.ef_search)
+                               device=args.device, ef_search=args.ef_search, allow_partial=args.allow_partial)
         results = idx.search(queries, k=args.k)
     except (SearchError, OutputError) as e:
         print(f"elmo-dist search: error: {e}", file=sys.stderr)

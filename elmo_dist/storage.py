@@ -292,6 +292,24 @@ def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, **write_optio
     return buf.size
 
 
+@contextlib.contextmanager
+def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
+    """A writable binary stream whose content appears at ``path`` only when the block ends without
+    an error (local: a temporary file renamed; S3: buffered in memory, uploaded at the end)."""
+    if is_local(fs):
+        with atomic_local_path(path) as tmp, open(tmp, "wb") as fh:
+            yield fh
+        return
+    sink = pa.BufferOutputStream()
+    yield sink
+    buf = sink.getvalue()
+    if fs.type_name == "s3":
+        _s3_put(fs, path, memoryview(buf))
+    else:
+        with fs.open_output_stream(path) as fh:
+            fh.write(buf)
+
+
 def remove_temporaries(fs: pafs.FileSystem, directory: str, recursive: bool = True) -> int:
     """Delete the temporaries that crashed writers of this module left under ``directory``
     (local only: S3 writes leave none). Call it only where no writer is running (under a lease)."""

@@ -21,6 +21,7 @@ from elmo_dist.model.char_cnn import CharCNN
 from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
+from elmo_dist.storage import atomic_local_path
 from elmo_dist.text.chars import BOS_IDS, EOS_IDS, tokens_to_char_ids
 
 logger = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ class Elmo(nn.Module):
         """Write options.json + weights.hdf5 in the official layout."""
         directory = str(directory)
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "options.json"), "w") as fh:
+        with atomic_local_path(os.path.join(directory, "options.json")) as tmp, open(tmp, "w") as fh:
             json.dump(self.opts.to_official_dict(), fh, indent=2, sort_keys=True)
         write_weights(os.path.join(directory, "weights.hdf5"), self.opts, self.export_official(), dtype)
 

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from elmo_dist.model.options import ElmoOptions
+from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +120,10 @@ def write_weights(path: str, opts: ElmoOptions, arrays: Mapping[str, np.ndarray]
     missing = sorted(set(shapes) - set(arrays))
     if missing:
         raise WeightsError(f"cannot write {path}: missing datasets {missing}")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with h5py.File(tmp, "w") as fh:
-        for name, shape in shapes.items():
-            arr = np.asarray(arrays[name], dtype=np.float32)
-            if arr.shape != shape:
-                raise WeightsError(f"cannot write {path}: '{name}' has shape {arr.shape}, expected {shape}")
-            fh.create_dataset(name, data=arr.astype(dtype))
-    os.replace(tmp, path)
+    with atomic_local_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            for name, shape in shapes.items():
+                arr = np.asarray(arrays[name], dtype=np.float32)
+                if arr.shape != shape:
+                    raise WeightsError(f"cannot write {path}: '{name}' has shape {arr.shape}, expected {shape}")
+                fh.create_dataset(name, data=arr.astype(dtype))

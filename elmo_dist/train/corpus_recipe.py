@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
+from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -758,13 +759,11 @@ def _load_cache(path: Path, meta: dict) -> list[tuple[str, list[str]]] | None:
 
 
 def _save_cache(path: Path, meta: dict, docs: list[tuple[str, list[str]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as fh:
-        fh.write(json.dumps(meta) + "\n")
-        for doc_id, sents in docs:
-            fh.write(json.dumps({"id": doc_id, "s": sents}, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    with atomic_local_path(str(path)) as tmp:
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as fh:
+            fh.write(json.dumps(meta) + "\n")
+            for doc_id, sents in docs:
+                fh.write(json.dumps({"id": doc_id, "s": sents}, ensure_ascii=False) + "\n")
 
 
 def open_source(src: Source, work: Path) -> tuple[Iterator[Doc], str]:
@@ -815,12 +814,11 @@ def process_source(src: Source, work: Path, pool, use_cache: bool = True) -> Sou
 
 
 def _write_atomic_lines(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-        for line in lines:
-            fh.write(line)
-            fh.write("\n")
-    os.replace(tmp, path)
+    with atomic_local_path(str(path)) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            for line in lines:
+                fh.write(line)
+                fh.write("\n")
 
 
 def write_outputs(out: Path, results: list[SourceResult], seed: int, failed: dict[str, str],
@@ -871,9 +869,8 @@ def write_outputs(out: Path, results: list[SourceResult], seed: int, failed: dic
         "totals": totals,
         "elapsed_seconds": round(elapsed, 1),
     }
-    tmp = out / "sources.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out / "sources.json")
+    with atomic_local_path(str(out / "sources.json")) as tmp:
+        Path(tmp).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
 

@@ -48,6 +48,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from elmo_dist.storage import atomic_local_path
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "elmo-dist", "eval-data")
@@ -78,7 +80,7 @@ def export_checkpoint(run_dir: str, out_dir: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = os.path.join(tmp, "checkpoint.pt")
         shutil.copyfile(src, copy)
-        state = torch.load(copy, weights_only=False, map_location="cpu")
+        state = torch.load(copy, weights_only=True, map_location="cpu")
     arch = state["config"]["arch"]
     elmo = Elmo(make_options(arch))
     elmo.bilm.load_state_dict(state["bilm"])
@@ -88,7 +90,7 @@ def export_checkpoint(run_dir: str, out_dir: str) -> dict:
             "epoch": state.get("epoch"), "tokens_seen": state.get("tokens_seen"),
             "training_minutes": round(state.get("elapsed", 0.0) / 60, 2),
             "last_eval": history[-1] if history else None}
-    with open(os.path.join(out_dir, "checkpoint-info.json"), "w") as fh:
+    with atomic_local_path(os.path.join(out_dir, "checkpoint-info.json")) as tmp, open(tmp, "w") as fh:
         json.dump(info, fh, indent=2)
     return info
 
@@ -105,7 +107,7 @@ def export_random_init(arch: str, out_dir: str, seed: int = 1234) -> dict:
     Trainer._init_weights(types.SimpleNamespace(cfg=types.SimpleNamespace(seed=seed), bilm=elmo.bilm))
     elmo.save_pretrained(out_dir)
     info = {"arch": arch, "step": 0, "random_init_seed": seed}
-    with open(os.path.join(out_dir, "checkpoint-info.json"), "w") as fh:
+    with atomic_local_path(os.path.join(out_dir, "checkpoint-info.json")) as tmp, open(tmp, "w") as fh:
         json.dump(info, fh, indent=2)
     return info
 
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nmodel {report['model']['dir']} (fingerprint {report['model']['fingerprint']}), "
           f"runtime {report['runtime_seconds']} s")
     if args.out:
-        with open(args.out, "w") as fh:
+        with atomic_local_path(args.out) as tmp, open(tmp, "w") as fh:
             json.dump(report, fh, indent=2)
 
 

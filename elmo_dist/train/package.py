@@ -15,13 +15,14 @@ import os
 import torch
 
 from elmo_dist.model.elmo import Elmo
+from elmo_dist.storage import atomic_local_path
 from elmo_dist.train.trainer import make_options
 
 MAX_BYTES = 20 << 20
 
 
 def package(run_dir: str, dest: str, dtype: str = "float32") -> dict:
-    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False, map_location="cpu")
+    state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True, map_location="cpu")
     opts = make_options(state["config"]["arch"])
     elmo = Elmo(opts)
     elmo.bilm.load_state_dict(state["bilm"])
@@ -45,7 +46,7 @@ def package(run_dir: str, dest: str, dtype: str = "float32") -> dict:
             "history": state["history"], "config": state["config"],
         },
     }
-    with open(os.path.join(dest, "model.json"), "w") as fh:
+    with atomic_local_path(os.path.join(dest, "model.json")) as tmp, open(tmp, "w") as fh:
         json.dump(info, fh, indent=1)
     return info
 

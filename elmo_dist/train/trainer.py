@@ -29,6 +29,7 @@ import torch.nn as nn
 from elmo_dist.model.elmo import BiLM, Batch, Elmo
 from elmo_dist.model.options import ElmoOptions
 from elmo_dist.stages.batch import plan_batches
+from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -280,15 +281,14 @@ class Trainer:
                  "cursor": self.cursor, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
                  "history": self.history, "config": asdict(self.cfg),
                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}
-        tmp = self._ckpt_path() + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, self._ckpt_path())
+        with atomic_local_path(self._ckpt_path()) as tmp:
+            torch.save(state, tmp)
         logger.info("checkpoint at step %d (%.1f min of training)", self.step, self.elapsed / 60)
 
     def _resume(self) -> None:
         if not os.path.exists(self._ckpt_path()):
             return
-        state = torch.load(self._ckpt_path(), weights_only=False)
+        state = torch.load(self._ckpt_path(), weights_only=True)
         if state["config"]["arch"] != self.cfg.arch:
             raise ValueError(f"checkpoint in {self.cfg.out} is arch {state['config']['arch']}, not {self.cfg.arch}")
         self.bilm.load_state_dict(state["bilm"])
