@@ -143,28 +143,10 @@ class LocalStore(Store):
             return None, None
         return _loads(data), hashlib.sha256(data).hexdigest()
 
-    def _tmp(self, path: str, data: bytes) -> str:
-        return storage.write_temp_local(path, data)
-
     def create(self, name, obj):
         path, data = self._path(name), _dumps(obj)
-        tmp = self._tmp(path, data)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
+        if not storage.create_exclusive_local(path, data):
             return None
-        except OSError:  # no hard links on this filesystem: plain exclusive create
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return None
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
         return hashlib.sha256(data).hexdigest()
 
     def replace(self, name, obj, token):
@@ -173,7 +155,7 @@ class LocalStore(Store):
             cur = self._read_bytes(path)
             if cur is None or hashlib.sha256(cur).hexdigest() != token:
                 return None
-            os.replace(self._tmp(path, data), path)
+            storage.write_bytes(storage.pafs.LocalFileSystem(), path, data)
         return hashlib.sha256(data).hexdigest()
 
     def delete(self, name, token):

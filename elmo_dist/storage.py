@@ -210,6 +210,30 @@ def write_temp_local(path: str, data: bytes) -> str:
     return tmp
 
 
+def create_exclusive_local(path: str, data: bytes) -> bool:
+    """Create ``path`` with ``data`` only if it does not exist (atomically: a fully written, fsynced
+    temporary is hard-linked to the name); False when it existed."""
+    tmp = write_temp_local(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this filesystem: exclusive create, then the bytes
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(path) or ".")
+    return True
+
+
 @contextlib.contextmanager
 def atomic_local_path(path: str) -> Iterator[str]:
     """A temporary path to write ``path``'s content to; on success it is fsynced and renamed over
