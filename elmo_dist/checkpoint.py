@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import storage
 from elmo_dist.config import JobConfig
 
@@ -34,7 +35,7 @@ JOB_DIR = "_job"  # job metadata of an `embed` output
 _READERS = 16  # parallel record reads (S3 latency)
 
 
-class ResumeError(RuntimeError):
+class ResumeError(ElmoDistError, RuntimeError):
     """The output holds a job with another configuration, model or input."""
 
 

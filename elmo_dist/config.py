@@ -15,10 +15,14 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from elmo_dist.errors import ElmoDistError
+from elmo_dist.paths import resolve_model
 from elmo_dist.storage import check_uri
 
+DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per model call: the one default for the job and the API
 
-class ConfigError(ValueError):
+
+class ConfigError(ElmoDistError, ValueError):
     """The configuration is invalid; the message names the field."""
 
 
@@ -77,7 +81,7 @@ class RunSettings(BaseModel):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="matmul precision on the device (fp32 is exact); changes the vectors, "
                                "so it enters the fingerprint")
-    token_budget: int = Field(4096, ge=16, description="padded tokens per model call")
+    token_budget: int = Field(DEFAULT_TOKEN_BUDGET, ge=16, description="padded tokens per model call")
     rows_per_unit: int = Field(
         20_000, ge=1, description="input rows per work unit (the unit of resumption and of an output shard)")
     torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPUs)")
@@ -91,7 +95,9 @@ class JobConfig(BaseModel):
 
     inputs: list[str] = Field(min_length=1, description="Parquet files, directories or globs; local or s3://")
     output: str = Field(description="output directory, local or s3://")
-    model: str | None = Field(None, description="model directory (options.json + weights.hdf5); default: built-in")
+    model: str | None = Field(None, validate_default=True, description="model directory (options.json + weights.hdf5), local or s3://; "
+                                                "default: the built-in model. Resolved once, when the config "
+                                                "is built (an absolute path or a URI)")
     text: TextSettings = TextSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     run: RunSettings = RunSettings()
@@ -109,12 +115,12 @@ class JobConfig(BaseModel):
             check_uri(uri)
         return v
 
-    @field_validator("model")
+    @field_validator("model", mode="before")
     @classmethod
-    def _model_uri(cls, v: str | None) -> str | None:
+    def _model_uri(cls, v: Any) -> str:
         if v:
-            check_uri(v)
-        return v
+            check_uri(str(v))
+        return resolve_model(v)
 
     def fingerprint(self, model_fingerprint: str) -> str:
         """Hash of everything that decides the output's content (incl. the compute precision)."""

@@ -1,16 +1,20 @@
-"""The errors a user can cause (bad input, config, model, output); the CLI prints them in one line."""
+"""The errors a user can cause: the bottom of the import graph (imports nothing of ours).
 
-from elmo_dist.checkpoint import ResumeError
-from elmo_dist.config import ConfigError
-from elmo_dist.lease import LeaseError
-from elmo_dist.model.options import OptionsError
-from elmo_dist.model.weights import WeightsError
-from elmo_dist.output import OutputError
-from elmo_dist.refresh import RefreshError
-from elmo_dist.stages.read import InputError
-from elmo_dist.storage import StorageError
+Every error that bad input, a bad config, a bad model or a damaged output can cause derives from
+``ElmoDistError`` (and from the builtin it has always been, so ``except ValueError`` keeps working).
+The CLI prints any of them as one line and exits 2; see ``elmo_dist.cli``.
+"""
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, InputError, OptionsError, WeightsError, OutputError, ResumeError, PermissionError,
-    FileNotFoundError, LeaseError, RefreshError, StorageError,
-)
+from __future__ import annotations
+
+
+class ElmoDistError(Exception):
+    """Base of the errors a user can cause (the CLI prints them in one line, exit code 2)."""
+
+
+# Besides ours, the OS errors a user causes with a bad path or permissions.
+USER_ERRORS: tuple[type[BaseException], ...] = (ElmoDistError, PermissionError, FileNotFoundError)
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # a check ran and found problems (`elmo-dist verify`)
+EXIT_USER_ERROR = 2  # bad input, config, model or output: one line on stderr

@@ -39,6 +39,7 @@ import time
 import uuid
 from typing import Any
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import storage
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ LEASE = "_lease.json"
 LOCK = "_lease.lock"  # local outputs only: serializes conditional replace/delete of control objects
 
 
-class LeaseError(RuntimeError):
+class LeaseError(ElmoDistError, RuntimeError):
     """The refresh lease of an output is held by another run, or was lost."""
 
 
@@ -280,13 +281,19 @@ def store_for(directory: str) -> Store:
     return LocalStore(root)
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a local process (Linux /proc), to tell a live holder from a reused pid."""
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (Linux); None when unavailable."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[19]
+            return fh.read().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a local process (Linux /proc), to tell a live holder from a reused pid."""
+    st = _proc_stat(pid)
+    return st[19] if st and len(st) > 19 else None
 
 
 def holder_dead(cur: dict[str, Any]) -> bool:
@@ -300,6 +307,9 @@ def holder_dead(cur: dict[str, Any]) -> bool:
         return True
     except PermissionError:  # alive, another user's
         return False
+    st = _proc_stat(pid)
+    if st and st[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return True
     start = cur.get("pid_start")
     return bool(start) and _process_start(pid) not in (None, start)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState  # noqa: F401  (JOB_DIR re-exported)
 from elmo_dist.storage import filesystem, read_json  # noqa: F401  (re-exported for callers)
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 CURRENT = "_current.json"  # refresh outputs: pointer to the published version's manifest
 
 
-class OutputError(FileNotFoundError):
+class OutputError(ElmoDistError, FileNotFoundError):
     """An output directory is missing, empty, or not an elmo-dist output."""
 
 

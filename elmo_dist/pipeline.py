@@ -23,6 +23,7 @@ import math
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,12 @@ import pyarrow as pa
 from elmo_dist import schema as S
 from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState
-from elmo_dist.config import EmbeddingSettings, JobConfig, TextSettings
+from elmo_dist.config import JobConfig, TextSettings
 from elmo_dist.lease import Lease
 from elmo_dist.model.fingerprint import model_fingerprint
 from elmo_dist.output import OutputError
-from elmo_dist.stages.read import (InputError, Unit, check_output_outside_inputs, check_schema,
+from elmo_dist.paths import resolve_model
+from elmo_dist.stages.read import (InputError, InputFile, Unit, check_output_outside_inputs, check_schema,
                                    list_inputs, plan_units, read_unit)
 
 
@@ -61,26 +63,32 @@ def prepare_unit(row: dict[str, Any], text: TextSettings) -> dict[str, Any]:
 
 
 class EmbedWriter:
-    """Actor: embeds one prepared unit per call, writes its shards, then its completion record."""
+    """Actor: embeds one prepared unit per call, writes its shards, then its completion record.
 
-    def __init__(self, model: str, embedding: EmbeddingSettings, output: str, metadata: dict[str, Any],
-                 token_budget: int, compute_dtype: str, num_gpus: float, threads: int | None,
+    Args:
+        cfg: the job's config (model, embedding settings, run settings).
+        metadata: what every shard's Parquet metadata records (``output_metadata``).
+        actor: this actor's resources (``actor_plan``): num_gpus, threads.
+        job_dir, subdir: where records and shards go, relative to ``cfg.output``.
+    """
+
+    def __init__(self, cfg: JobConfig, metadata: dict[str, Any], actor: dict[str, Any],
                  job_dir: str = JOB_DIR, subdir: str = ""):
         from elmo_dist.stages.embed import Embedder, pick_device
 
         import ray
 
-        self.device = pick_device(num_gpus)
+        self.device = pick_device(actor["num_gpus"])
         self.gpu_ids = [int(g) if str(g).isdigit() else g for g in ray.get_gpu_ids()]
-        self.embedder = Embedder(model, embedding, token_budget=token_budget, compute_dtype=compute_dtype,
-                                 device=self.device, threads=threads)
+        self.embedder = Embedder(cfg.model, cfg.embedding, token_budget=cfg.run.token_budget,
+                                 compute_dtype=cfg.run.compute_dtype, device=self.device, threads=actor["threads"])
         if self.embedder.elmo.fingerprint != metadata["model"]["fingerprint"]:
-            raise RuntimeError(f"model {model} changed while the job was starting "
+            raise RuntimeError(f"model {storage.redact(cfg.model)} changed while the job was starting "
                                f"({self.embedder.elmo.fingerprint} != {metadata['model']['fingerprint']})")
-        self.schema = S.output_schema(self.embedder.dim, embedding.dtype, embedding.token_embeddings,
+        self.schema = S.output_schema(self.embedder.dim, cfg.embedding.dtype, cfg.embedding.token_embeddings,
                                       self.embedder.token_layers, metadata)
-        self.output, self.subdir = output, subdir
-        self.state = JobState(output, job_dir)
+        self.output, self.subdir = cfg.output, subdir
+        self.state = JobState(cfg.output, job_dir)
         ctx = ray.get_runtime_context()
         self.node = {"node_id": ctx.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
                      "device": self.device, "gpu_ids": self.gpu_ids}
@@ -104,8 +112,8 @@ class EmbedWriter:
 
 # ---- the job ---------------------------------------------------------------------------------
 
-def output_metadata(cfg: JobConfig, model: str, fingerprint: str, dim: int) -> dict[str, Any]:
-    return {"format": 1, "model": {"source": storage.redact(model), "fingerprint": fingerprint, "output_dim": dim},
+def output_metadata(cfg: JobConfig, fingerprint: str, dim: int) -> dict[str, Any]:
+    return {"format": 1, "model": {"source": storage.redact(cfg.model), "fingerprint": fingerprint, "output_dim": dim},
             "text": cfg.text.model_dump(mode="json"), "embedding": cfg.embedding.model_dump(mode="json"),
             "compute_dtype": cfg.run.compute_dtype, "config_fingerprint": cfg.fingerprint(fingerprint)}
 
@@ -138,11 +146,37 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
     return {"actors": n, "num_cpus": c, "num_gpus": g, "threads": threads}
 
 
-def run(cfg: JobConfig, model: str) -> dict[str, Any]:
-    """Embed the corpus described by ``cfg`` with the model at ``model``; returns the summary.
+@dataclass
+class Plan:
+    """What a run has to do: the work units of ``files`` and the model's identity."""
+
+    units: list[Unit]
+    model_fingerprint: str
+    dim: int
+
+    @property
+    def unit_ids(self) -> list[str]:
+        return [u.unit_id for u in self.units]
+
+
+def plan(cfg: JobConfig, files: list[InputFile]) -> Plan:
+    """Check the files' schemas and null ids (before any work), cut them into units, fingerprint
+    the model. Shared by ``run`` and ``refresh``."""
+    check_schema(files, cfg.text)
+    units = plan_units(files, cfg.run.rows_per_unit)
+    fp, dim = model_fingerprint(cfg.model)
+    return Plan(units, fp, dim)
+
+
+def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:
+    """Embed the corpus described by ``cfg``; returns the summary (also in ``_job/stats.json``).
+
+    ``model`` overrides ``cfg.model`` (a convenience for callers; the job uses one resolved path).
 
     Raises (one-line user errors): InputError, ResumeError, LeaseHeld, IncompleteJobError, ...
     """
+    if model is not None:
+        cfg = cfg.model_copy(update={"model": resolve_model(model)})
     t_start = time.perf_counter()
     state = JobState(cfg.output)
     check_output_outside_inputs(cfg.inputs, cfg.output)
@@ -150,18 +184,16 @@ def run(cfg: JobConfig, model: str) -> dict[str, Any]:
     with Lease(cfg.output, seconds=cfg.run.lease_seconds).acquire() as lease:
         state.cleanup()  # temporaries of writers killed earlier (no writer runs: we hold the lease)
         files = list_inputs(cfg.inputs)
-        check_schema(files, cfg.text)
-        units = plan_units(files, cfg.run.rows_per_unit)
-        fp, dim = model_fingerprint(model)
-        resuming = state.begin(cfg, fp, [u.unit_id for u in units])
+        job = plan(cfg, files)
+        resuming = state.begin(cfg, job.model_fingerprint, job.unit_ids)
         done = set(state.scan().records)
-        pending = [u for u in units if u.unit_id not in done]
+        pending = [u for u in job.units if u.unit_id not in done]
         logger.info("%d input files, %d rows, %d work units (%d done, %d to do)%s",
-                    len(files), sum(f.num_rows for f in files), len(units), len(done & {u.unit_id for u in units}),
+                    len(files), sum(f.num_rows for f in files), len(job.units), len(job.units) - len(pending),
                     len(pending), " - resuming" if resuming else "")
         run_stats: dict[str, Any] = {"new_units": 0}
         if pending:
-            run_stats = embed_units(cfg, model, output_metadata(cfg, model, fp, dim), pending, state)
+            run_stats = embed_units(cfg, output_metadata(cfg, job.model_fingerprint, job.dim), pending, state)
         else:
             logger.info("nothing to do: every unit of %s is already embedded", storage.redact(cfg.output))
         lease.check()
@@ -177,10 +209,11 @@ def run(cfg: JobConfig, model: str) -> dict[str, Any]:
                    "Rerun the same command to redo them."))
         records = [scan.records[u] for u in scan.planned]
         summary = summarize(records, time.perf_counter() - t_start, **run_stats)
-        if run_stats.get("new_units") or "duplicate_ids" not in (state.stats() or {}):
+        previous = state.stats() or {}
+        if run_stats.get("new_units") or "duplicate_ids" not in previous:
             summary["duplicate_ids"] = count_duplicate_ids(state, scan.files()) if cfg.text.id_column else 0
         else:
-            summary["duplicate_ids"] = (state.stats() or {}).get("duplicate_ids", 0)
+            summary["duplicate_ids"] = previous["duplicate_ids"]
         if summary["duplicate_ids"]:
             logger.warning("%d id(s) appear on more than one input row (counted in stats.json)",
                            summary["duplicate_ids"])
@@ -215,8 +248,8 @@ def count_duplicate_ids(state: JobState, files: list[str]) -> int:
     return int(np.count_nonzero(h[1:] == h[:-1])) if len(h) > 1 else 0
 
 
-def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: list[Unit],
-                state: JobState, subdir: str = "") -> dict[str, Any]:
+def embed_units(cfg: JobConfig, metadata: dict[str, Any], pending: list[Unit], state: JobState,
+                subdir: str = "") -> dict[str, Any]:
     """Run read -> prepare -> embed -> write over ``pending`` units on Ray; records go to ``state``.
 
     Shards are written under ``cfg.output``/``subdir``. Returns this run's counts.
@@ -228,19 +261,16 @@ def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: l
     # the original exception of a failed stage (e.g. InputChangedError) reaches the driver, which
     # reports it in one line instead of Ray's wrapper
     ray.data.DataContext.get_current().raise_original_map_exception = True
-    plan = actor_plan(cfg, len(pending))
+    actors = actor_plan(cfg, len(pending))
     logger.info("embedding %d unit(s) with %d actor(s): %s CPU, %s GPU, %d torch thread(s) each",
-                len(pending), plan["actors"], plan["num_cpus"], plan["num_gpus"], plan["threads"])
+                len(pending), actors["actors"], actors["num_cpus"], actors["num_gpus"], actors["threads"])
     ds = ray.data.from_items([u.to_dict() for u in pending], override_num_blocks=len(pending))
     ds = ds.map(prepare_unit, fn_kwargs={"text": cfg.text}, num_cpus=1)
     ds = ds.map_batches(
         EmbedWriter, batch_size=1, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=plan["actors"]),
-        num_cpus=plan["num_cpus"], num_gpus=plan["num_gpus"],
-        fn_constructor_kwargs=dict(
-            model=model, embedding=cfg.embedding, output=cfg.output, metadata=metadata,
-            token_budget=cfg.run.token_budget, compute_dtype=cfg.run.compute_dtype,
-            num_gpus=plan["num_gpus"], threads=plan["threads"], job_dir=state.job_dir, subdir=subdir),
+        compute=ActorPoolStrategy(size=actors["actors"]),
+        num_cpus=actors["num_cpus"], num_gpus=actors["num_gpus"],
+        fn_constructor_kwargs=dict(cfg=cfg, metadata=metadata, actor=actors, job_dir=state.job_dir, subdir=subdir),
     )
     t0, n_done, tokens = time.perf_counter(), 0, 0
     for row in _user_errors_unwrapped(ds.iter_rows()):
@@ -251,7 +281,7 @@ def embed_units(cfg: JobConfig, model: str, metadata: dict[str, Any], pending: l
         logger.info("unit %d/%d done (%s): %d sentences, %d tokens; %.0f tokens/s so far",
                     n_done, len(pending), row["unit_id"], st.get("sentences", 0), st.get("tokens", 0),
                     tokens / max(el, 1e-9))
-    return {"new_units": n_done, "new_wall": time.perf_counter() - t0, "new_tokens": tokens, "actors": plan}
+    return {"new_units": n_done, "new_wall": time.perf_counter() - t0, "new_tokens": tokens, "actors": actors}
 
 
 def _user_errors_unwrapped(rows):

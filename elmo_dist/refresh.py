@@ -28,7 +28,6 @@ referenced until the pointer flips, and shards of kept versions are never rewrit
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import hashlib
 import json
@@ -36,16 +35,19 @@ import logging
 import posixpath
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyarrow.fs as pafs
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState
 from elmo_dist.config import ConfigError, JobConfig
 from elmo_dist.lease import Lease, LeaseError, Store, store_for
 from elmo_dist.output import CURRENT
-from elmo_dist.stages.read import check_output_outside_inputs
+from elmo_dist.paths import resolve_model
+from elmo_dist.stages.read import InputFile, Unit, check_output_outside_inputs, list_inputs
 from elmo_dist.storage import filesystem, read_json
 
 logger = logging.getLogger(__name__)
@@ -56,26 +58,8 @@ RUNS = "_refresh"
 _MANIFEST_RE = re.compile(r"^v(\d+)\.json$")
 
 
-class RefreshError(RuntimeError):
+class RefreshError(ElmoDistError, RuntimeError):
     """The output cannot be refreshed (not a refresh output, pointer changed underneath, ...)."""
-
-
-# ---- CLI --------------------------------------------------------------------------------------
-
-def add_refresh_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("refresh")
-    g.add_argument("--keep-versions", type=int, default=3, metavar="N",
-                   help="published versions to keep (manifests and their shards); older ones are deleted "
-                        "(default 3; keep >= 2 so readers that started on the previous version finish)")
-
-
-def cmd_refresh(args: argparse.Namespace) -> int:
-    from elmo_dist.cli import build_config, resolve_model
-
-    cfg = build_config(args)
-    summary = refresh(cfg, resolve_model(cfg.model), keep_versions=args.keep_versions)
-    print(json.dumps(summary, indent=1))
-    return 0
 
 
 # ---- helpers --------------------------------------------------------------------------------
@@ -201,10 +185,72 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
 
 # ---- the refresh ----------------------------------------------------------------------------
 
-def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: float | None = None,
+# ---- pure steps (no I/O): tested without Ray ----------------------------------------------
+
+@dataclass
+class Diff:
+    """How the corpus listing differs from the current version's inputs (URIs in listing order)."""
+
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+    unchanged: list[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.changed or self.deleted)
+
+
+def diff_inputs(previous: dict[str, dict[str, Any]], listing: dict[str, InputFile]) -> Diff:
+    """Compare the listing (uri -> file) with the previous manifest's inputs, by size and version. O(N)."""
+    added, changed, unchanged = [], [], []
+    for uri, f in listing.items():
+        prev = previous.get(uri)
+        if prev is None:
+            added.append(uri)
+        elif prev.get("size") != f.size or prev.get("version") != f.version:
+            changed.append(uri)
+        else:
+            unchanged.append(uri)
+    deleted = sorted(u for u in previous if u not in listing)
+    return Diff(added, changed, deleted, unchanged)
+
+
+def build_manifest(cfg: JobConfig, files: list[InputFile], embedded: set[str], units: list[Unit],
+                   records: dict[str, dict[str, Any]], current: dict[str, Any] | None, config_fp: str,
+                   model_fp: str, run_id: str, created: str) -> dict[str, Any]:
+    """The next version's manifest: embedded files take their units' shards from ``records``, the
+    others keep their entry of ``current``. O(files + units)."""
+    prev_inputs: dict[str, dict] = current["inputs"] if current else {}
+    units_by_uri: dict[str, list[str]] = {}
+    for u in units:
+        units_by_uri.setdefault(u.uri, []).append(u.unit_id)
+    inputs: dict[str, dict] = {}
+    for f in files:
+        if f.uri not in embedded:
+            inputs[f.uri] = prev_inputs[f.uri]
+            continue
+        uids = units_by_uri.get(f.uri, [])
+        inputs[f.uri] = {"size": f.size, "version": f.version, "rows": f.num_rows, "units": uids,
+                         "files": [e["path"] for u in uids for e in records[u]["files"]]}
+    shards = sorted({p for e in inputs.values() for p in e.get("files", [])})
+    known = {**(current or {}).get("sizes", {}),
+             **{e["path"]: e["size"] for r in records.values() for e in r["files"] if e.get("size") is not None}}
+    return {"previous": current["version"] if current else None, "created": created,
+            "config_fingerprint": config_fp, "model_fingerprint": model_fp, "model": storage.redact(cfg.model),
+            "settings": _settings(cfg), "inputs": inputs, "files": shards,
+            "sizes": {p: known[p] for p in shards if p in known},
+            "rows": sum(int(e.get("rows", 0)) for e in inputs.values()), "run_id": run_id}
+
+
+# ---- the refresh ----------------------------------------------------------------------------
+
+def refresh(cfg: JobConfig, model: str | None = None, keep_versions: int = 3, lease_seconds: float | None = None,
             owner: str | None = None, _before_publish: Callable[[dict[str, Any]], None] | None = None
             ) -> dict[str, Any]:
     """Bring the refresh output ``cfg.output`` up to date with the corpus ``cfg.inputs``.
+
+    ``model`` overrides ``cfg.model`` (a convenience; the run uses one resolved path).
 
     Returns a summary: ``version`` (current after the run), ``new_version`` (False when nothing
     changed), ``added``/``changed``/``deleted`` (file URIs), ``unchanged`` (count),
@@ -214,11 +260,13 @@ def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: f
     before the pointer flips (raise from it to simulate a crash there).
 
     Raises:
-        LeaseHeld: another refresh of the same output is running.
+        LeaseHeld: another run on the same output is active.
         RefreshError / InputError / ConfigError: see the message.
     """
     if keep_versions < 1:
         raise ConfigError("keep_versions must be >= 1")
+    if model is not None:
+        cfg = cfg.model_copy(update={"model": resolve_model(model)})
     t0 = time.perf_counter()
     check_output_outside_inputs(cfg.inputs, cfg.output)
     store = store_for(cfg.output)
@@ -228,46 +276,41 @@ def refresh(cfg: JobConfig, model: str, keep_versions: int = 3, lease_seconds: f
     except LeaseError:
         raise
     except Exception as e:  # permissions, missing bucket, unreachable endpoint
-        raise PermissionError(f"{cfg.output}: cannot take the refresh lease: output not writable or "
+        raise PermissionError(f"{storage.redact(cfg.output)}: cannot take the lease: output not writable or "
                               f"unreachable ({type(e).__name__}: {e})") from None
     with lease:
         JobState(cfg.output, RUNS).check_writable()  # under the lease: no retention races the probe
-        summary = _refresh_locked(cfg, model, keep_versions, lease, store, _before_publish)
+        summary = _refresh_locked(cfg, keep_versions, lease, store, _before_publish)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
 
-def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: Store,
+def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
                     before_publish: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     from elmo_dist.model.fingerprint import model_fingerprint
-    from elmo_dist.pipeline import embed_units, output_metadata, summarize
-    from elmo_dist.stages.read import check_schema, list_inputs, plan_units
+    from elmo_dist.pipeline import embed_units, output_metadata, plan, summarize
 
     fs, root = filesystem(cfg.output)
     pointer, pointer_token = store.read(CURRENT)
     current: dict[str, Any] | None = None
     if pointer is None:
-        if fs.get_file_info(posixpath.join(root, JOB_DIR, "config.json")).type == pafs.FileType.File:
-            raise RefreshError(f"{cfg.output} holds an `elmo-dist embed` output ({JOB_DIR}/): refresh into "
-                               "a new directory (its first run embeds everything)")
+        if JobState(cfg.output).exists():
+            raise RefreshError(f"{storage.redact(cfg.output)} holds an `elmo-dist embed` output ({JOB_DIR}/): "
+                               "refresh into a new directory (its first run embeds everything)")
     else:
         if not pointer.get("manifest"):
-            raise RefreshError(f"{cfg.output}: {CURRENT} is unreadable")
+            raise RefreshError(f"{storage.redact(cfg.output)}: {CURRENT} is unreadable")
         current, _ = store.read(pointer["manifest"])
         if not current:
-            raise RefreshError(f"{cfg.output}: {CURRENT} points at a missing manifest {pointer['manifest']}")
+            raise RefreshError(f"{storage.redact(cfg.output)}: {CURRENT} points at a missing manifest "
+                               f"{pointer['manifest']}")
 
     files = list_inputs(cfg.inputs)
-    model_fp, dim = model_fingerprint(model)
+    model_fp, _ = model_fingerprint(cfg.model)
     config_fp = cfg.fingerprint(model_fp)
     prev_inputs: dict[str, dict] = current["inputs"] if current else {}
     listing = {f.uri: f for f in files}
-    added = [u for u in listing if u not in prev_inputs]
-    changed = [u for u in listing if u in prev_inputs and
-               (prev_inputs[u].get("size") != listing[u].size or prev_inputs[u].get("version") != listing[u].version)]
-    deleted = sorted(u for u in prev_inputs if u not in listing)
-    changed_set = set(changed)
-    unchanged = [u for u in listing if u in prev_inputs and u not in changed_set]
+    diff = diff_inputs(prev_inputs, listing)
     if current is None:
         reason = "first version"
     elif current.get("config_fingerprint") != config_fp:
@@ -275,17 +318,18 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
     else:
         reason = "incremental"
     full = reason != "incremental"
-    rows_dropped = sum(int(prev_inputs[u].get("rows", 0)) for u in changed + deleted)
-    base = {"output": cfg.output, "previous_version": current["version"] if current else None,
+    rows_dropped = sum(int(prev_inputs[u].get("rows", 0)) for u in diff.changed + diff.deleted)
+    base = {"output": storage.redact(cfg.output), "previous_version": current["version"] if current else None,
             "config_fingerprint": config_fp, "model_fingerprint": model_fp,
-            "added": added, "changed": changed, "deleted": deleted, "unchanged": len(unchanged),
+            "added": diff.added, "changed": diff.changed, "deleted": diff.deleted, "unchanged": len(diff.unchanged),
             "rows_dropped": rows_dropped,
             "lease": {"owner": lease.owner, "took_over_from": (lease.taken_over or {}).get("owner")
                       if lease.taken_over is not None else None}}
-    logger.info("%s: %d input file(s): %d added, %d changed, %d deleted, %d unchanged (%s)", cfg.output,
-                len(files), len(added), len(changed), len(deleted), len(unchanged), reason)
+    logger.info("%s: %d input file(s): %d added, %d changed, %d deleted, %d unchanged (%s)",
+                storage.redact(cfg.output), len(files), len(diff.added), len(diff.changed), len(diff.deleted),
+                len(diff.unchanged), reason)
 
-    if not full and not (added or changed or deleted):
+    if not full and diff.empty:
         assert current is not None and pointer is not None
         logger.info("nothing changed since version %d: no embedding work, version %d stays current",
                     current["version"], current["version"])
@@ -295,50 +339,31 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
                 "units_planned": 0, "units_embedded": 0, "units_reused": 0, "rows": int(current.get("rows", 0)),
                 "rows_embedded": 0, "retention": retention, "stats": None}
 
-    to_embed = files if full else [listing[u] for u in added + changed]
-    check_schema(to_embed, cfg.text)
-    units = plan_units(to_embed, cfg.run.rows_per_unit)
-    ids = [u.unit_id for u in units]
+    to_embed = files if full else [listing[u] for u in diff.added + diff.changed]
+    job = plan(cfg, to_embed)
+    ids = job.unit_ids
     run_id = run_id_for(config_fp, ids)
     records = _completed(cfg.output, fs, root, config_fp, set(ids))
-    pending = [u for u in units if u.unit_id not in records]
-    reused = len(units) - len(pending)
+    pending = [u for u in job.units if u.unit_id not in records]
+    reused = len(job.units) - len(pending)
     logger.info("%d work unit(s) planned (run %s): %d already done by an interrupted run, %d to embed",
-                len(units), run_id, reused, len(pending))
+                len(job.units), run_id, reused, len(pending))
     run_stats: dict[str, Any] = {"new_units": 0}
     if pending:
         state = JobState(cfg.output, f"{RUNS}/{run_id}")
         state.begin(cfg, model_fp, ids)
-        run_stats = embed_units(cfg, model, output_metadata(cfg, model, model_fp, dim), pending, state,
+        run_stats = embed_units(cfg, output_metadata(cfg, model_fp, job.dim), pending, state,
                                 subdir=f"{DATA}/{config_fp}")
-        for uid, r in state.scan(ids, data_dir=f"{DATA}/{config_fp}").records.items():
-            records[uid] = r
+        records.update(state.scan(ids, data_dir=f"{DATA}/{config_fp}").records)
     missing = [u for u in ids if u not in records]
     if missing:
         raise RefreshError(f"{len(missing)} work unit(s) have no completion record after embedding "
-                           f"(e.g. {missing[0]}); rerun to complete them")
+                           f"(e.g. {missing[0]}); is --output on a filesystem all nodes share? Rerun to "
+                           "complete them")
 
-    inputs: dict[str, dict] = {}
     embedded = {f.uri for f in to_embed}
-    units_by_uri: dict[str, list[str]] = {}
-    for u in units:
-        units_by_uri.setdefault(u.uri, []).append(u.unit_id)
-    sizes = {e["path"]: e["size"] for r in records.values() for e in r["files"] if e.get("size") is not None}
-    for f in files:
-        if f.uri not in embedded:
-            inputs[f.uri] = prev_inputs[f.uri]
-            continue
-        uids = units_by_uri.get(f.uri, [])
-        inputs[f.uri] = {"size": f.size, "version": f.version, "rows": f.num_rows, "units": uids,
-                         "files": [e["path"] for u in uids for e in records[u]["files"]]}
-    manifest = {"previous": current["version"] if current else None, "created": _now_iso(),
-                "config_fingerprint": config_fp, "model_fingerprint": model_fp, "model": model,
-                "settings": _settings(cfg), "inputs": inputs,
-                "files": sorted({p for e in inputs.values() for p in e.get("files", [])}),
-                "sizes": {},
-                "rows": sum(int(e.get("rows", 0)) for e in inputs.values()), "run_id": run_id}
-    known = {**(current or {}).get("sizes", {}), **sizes}
-    manifest["sizes"] = {p: known[p] for p in manifest["files"] if p in known}
+    manifest = build_manifest(cfg, files, embedded, job.units, records, current, config_fp, model_fp, run_id,
+                              _now_iso())
     lease.check()
     version, name = _publish_manifest(store, fs, root, manifest, current["version"] if current else 0)
     manifest["version"] = version
@@ -349,16 +374,16 @@ def _refresh_locked(cfg: JobConfig, model: str, keep: int, lease: Lease, store: 
     tok = (store.create(CURRENT, new_pointer) if pointer_token is None
            else store.replace(CURRENT, new_pointer, pointer_token))
     if tok is None:
-        raise RefreshError(f"{cfg.output}: {CURRENT} was changed by another writer during this run; "
-                           f"version {version} ({name}) was not published")
-    logger.info("published version %d (%s): %d files, %d rows, %d shards", version, name, len(inputs),
+        raise RefreshError(f"{storage.redact(cfg.output)}: {CURRENT} was changed by another writer during this "
+                           f"run; version {version} ({name}) was not published")
+    logger.info("published version %d (%s): %d files, %d rows, %d shards", version, name, len(manifest["inputs"]),
                 manifest["rows"], len(manifest["files"]))
     retention = _retention(fs, root, store, name, keep, lease)
-    stats = summarize([records[u] for u in ids], run_stats.get("new_wall", 0.0), **run_stats) if units else None
+    stats = summarize([records[u] for u in ids], run_stats.get("new_wall", 0.0), **run_stats) if ids else None
     return {**base, "version": version, "new_version": True, "reason": reason, "run_id": run_id,
-            "units_planned": len(units), "units_embedded": run_stats.get("new_units", 0),
+            "units_planned": len(ids), "units_embedded": run_stats.get("new_units", 0),
             "units_reused": reused, "rows": manifest["rows"],
             "rows_embedded": sum(listing[u].num_rows for u in embedded), "retention": retention, "stats": stats}
 
 
-__all__ = ["refresh", "add_refresh_arguments", "cmd_refresh", "RefreshError", "LeaseError", "run_id_for"]
+__all__ = ["refresh", "diff_inputs", "build_manifest", "Diff", "RefreshError", "LeaseError", "run_id_for"]

@@ -20,7 +20,6 @@ Shapes: N rows in the output, D = embedding width, Q queries, B = rows in a batc
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import posixpath
@@ -35,6 +34,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import schema, storage
 from elmo_dist.output import OutputError, filesystem, list_shards
 
@@ -52,7 +52,7 @@ HIT_COLUMNS = [schema.ID, schema.SENTENCE_INDEX, schema.CHUNK, schema.SOURCE, sc
 _VECTOR_KEYS = ("sentence_output", "pooling", "mix_weights", "gamma")
 
 
-class SearchError(ValueError):
+class SearchError(ElmoDistError, ValueError):
     """The search cannot run as asked: wrong model, inconsistent output, stale index, bad query."""
 
 
@@ -749,64 +749,7 @@ def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None
                             device=device, allow_partial=allow_partial).search(queries, k)
 
 
-# ---- command line --------------------------------------------------------------------------
-
-
-def add_search_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``elmo-dist search DIR QUERY... [-k N] [--model PATH] [--json] [--index PATH | --ann]``."""
-    parser.add_argument("directory", metavar="DIR", help="output directory of `elmo-dist embed` (local or s3://)")
-    parser.add_argument("query", nargs="+", metavar="QUERY",
-                        help="query text, tokenized as one sentence (the words are joined; quoting optional); "
-                             "'-' reads one query per line from stdin")
-    parser.add_argument("-k", "--top-k", type=int, default=10, dest="k", help="hits per query (default 10)")
-    parser.add_argument("--model", default=None, metavar="PATH",
-                        help="model directory (default: the one recorded in the output; must have its fingerprint)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per hit per line")
-    ann = parser.add_mutually_exclusive_group()
-    ann.add_argument("--index", default=None, metavar="PATH",
-                     help="approximate search with the index at PATH (see --build-index)")
-    ann.add_argument("--ann", action="store_true",
-                     help=f"approximate search with the index at its default place, DIR/{INDEX_DIR}")
-    parser.add_argument("--build-index", action="store_true",
-                        help="build or update the approximate index (at --index PATH or the default place) "
-                             "first, then search with it")
-    parser.add_argument("--ef-search", type=int, default=256,
-                        help="HNSW search breadth (higher: better recall, slower; default 256)")
-    parser.add_argument("--batch-rows", type=int, default=65536, help="rows scored at a time (exact search)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: CUDA when present)")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="search the finished units of an unfinished job (refused by default)")
-
-
-def run_search_command(args: argparse.Namespace) -> int:
-    """``elmo-dist search``: prints the hits; returns the exit code."""
-    if args.query == ["-"]:
-        queries = [line.strip() for line in sys.stdin if line.strip()]
-    else:
-        queries = [" ".join(args.query)]
-    if not queries:
-        print("elmo-dist search: error: no query", file=sys.stderr)
-        return 2
-    try:
-        index = args.index or (True if args.ann else None)
-        if args.build_index:
-            index = build_index(args.directory, args.index, allow_partial=args.allow_partial)
-        idx = SearchIndex.open(args.directory, model=args.model, index=index, batch_rows=args.batch_rows,
-                               device=args.device, ef_search=args.ef_search, allow_partial=args.allow_partial)
-        results = idx.search(queries, k=args.k)
-    except (SearchError, OutputError) as e:
-        print(f"elmo-dist search: error: {e}", file=sys.stderr)
-        return 1
-    if args.json:
-        for q, hits in zip(queries, results):
-            for rank, h in enumerate(hits, 1):
-                print(json.dumps({"query": q, "rank": rank, **h.to_dict()}, ensure_ascii=False))
-    else:
-        for i, (q, hits) in enumerate(zip(queries, results)):
-            if i:
-                print()
-            print(format_hits(hits, q if len(queries) > 1 else None))
-    return 0
+# ---- printing ----------------------------------------------------------------------------
 
 
 def format_hits(hits: Sequence[Hit], query: str | None = None, width: int | None = None) -> str:

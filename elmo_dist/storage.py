@@ -36,6 +36,8 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from elmo_dist.errors import ElmoDistError
+
 logger = logging.getLogger(__name__)
 
 SINGLE_PUT_BYTES = 512 << 20  # objects up to this size are uploaded with one PutObject
@@ -44,7 +46,7 @@ _SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "aws_access_k
                       "aws_secret_access_key", "aws_session_token"}
 
 
-class StorageError(ValueError):
+class StorageError(ElmoDistError, ValueError):
     """A URI cannot be used (credentials in it, unsupported scheme) or a stored file is unreadable."""
 
 

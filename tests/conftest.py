@@ -28,6 +28,25 @@ def tiny_elmo(tiny_dir):
     return Elmo.from_pretrained(tiny_dir)
 
 
+def descendants(root: int) -> list[int]:
+    """PIDs of every live descendant of process ``root`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _free_port() -> int:
     import socket
 
@@ -106,3 +125,16 @@ def sample_rows():
 
     t = pq.read_table(os.path.join(os.path.dirname(pkg), "data", "sample_corpus.parquet"))
     return list(zip(t["id"].to_pylist(), t["text"].to_pylist()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device: skipped, saying so, where there is none."""
+    gpu = [item for item in items if "gpu" in item.keywords]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+        for item in gpu:
+            item.add_marker(skip)

@@ -219,7 +219,7 @@ def test_records_invisible_to_the_driver_fail_loudly(corpus, tmp_path, tiny_dir,
     import elmo_dist.pipeline as P
 
     d, _ = corpus
-    monkeypatch.setattr(P, "embed_units", lambda cfg, model, md, pending, state, **kw: {
+    monkeypatch.setattr(P, "embed_units", lambda cfg, md, pending, state, **kw: {
         "new_units": len(pending), "new_wall": 1.0, "new_tokens": 10, "actors": {}})
     with pytest.raises(IncompleteJobError, match="4 of 4 work unit.*filesystem all nodes share"):
         run(_cfg([d / "a.parquet", d / "b.parquet"], tmp_path / "out", "unused"), tiny_dir)

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import write_corpus
+from conftest import descendants, write_corpus
 from elmo_dist import Elmo, read_embeddings
 from elmo_dist import schema as S
 from elmo_dist.checkpoint import JobState, ResumeError
@@ -154,16 +154,16 @@ def test_kill_driver_then_resume_exactly_once(corpus, tmp_path, tiny_dir, ray_ru
 
 
 def _actor_pids(name: str) -> list[int]:
-    """PIDs of Ray worker processes whose title names ``name`` (Ray sets ray::<actor> titles)."""
+    """PIDs of Ray worker processes whose title names ``name`` (Ray sets ray::<actor> titles) and
+    that descend from this test process (the session's Ray runtime): never anyone else's."""
     pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                    if name.encode() in fh.read() and int(entry) != os.getpid():
-                        pids.append(int(entry))
-            except OSError:
-                pass
+    for pid in descendants(os.getpid()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if name.encode() in fh.read():
+                    pids.append(pid)
+        except OSError:
+            pass
     return pids
 
 

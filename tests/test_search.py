@@ -1,6 +1,5 @@
 """Similarity search: exact streaming top-k vs brute force, model checks, errors, float16, ANN index."""
 
-import argparse
 import io
 import json
 import os
@@ -14,9 +13,9 @@ import torch
 from elmo_dist import Elmo, schema
 from elmo_dist.config import EmbeddingSettings, TextSettings
 from elmo_dist.output import OutputError
+from elmo_dist.cli import main
 from elmo_dist.search import (
-    Output, SearchError, SearchIndex, _Scorer, _TopK, add_search_arguments, build_index, normalize,
-    run_search_command, search,
+    Output, SearchError, SearchIndex, _Scorer, _TopK, build_index, normalize, search,
 )
 from elmo_dist.text.tokenize import Tokenizer
 
@@ -225,26 +224,23 @@ def test_empty_query_refused(index):
 
 
 def test_cli_table_and_json(out_dir, corpus, capsys, monkeypatch):
-    parser = argparse.ArgumentParser()
-    add_search_arguments(parser)
-    assert run_search_command(parser.parse_args([out_dir, corpus[0][3], "-k", "3", "--device", "cpu"])) == 0
+    assert main(["search", out_dir, corpus[0][3], "-k", "3", "--device", "cpu"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:4] == ["rank", "score", "id", "sentence"]
     assert table[1].split()[:3] == ["1", "1.0000", "doc-3"] and len(table) == 4
-    assert run_search_command(parser.parse_args([out_dir, corpus[0][3], "-k", "2", "--json"])) == 0
+    assert main(["search", out_dir, corpus[0][3], "-k", "2", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["rank"] for x in lines] == [1, 2] and lines[0]["id"] == "doc-3" and lines[0]["text"] == corpus[0][3]
-    assert run_search_command(parser.parse_args([out_dir + "/missing", "x"])) == 1
+    assert main(["search", out_dir + "/missing", "x"]) == 2  # one policy: user error
     assert "no such output directory" in capsys.readouterr().err
     # options between DIR and the query words; the words form one query
-    args = parser.parse_args([out_dir, "--json", "-k", "1", *corpus[0][8].split()])
-    assert run_search_command(args) == 0 and json.loads(capsys.readouterr().out)["id"] == "doc-8"
+    assert main(["search", out_dir, "--json", "-k", "1", *corpus[0][8].split()]) == 0 and json.loads(capsys.readouterr().out)["id"] == "doc-8"
     # '-': one query per line from stdin
     monkeypatch.setattr("sys.stdin", io.StringIO(f"{corpus[0][1]}\n\n{corpus[0][2]}\n"))
-    assert run_search_command(parser.parse_args([out_dir, "-", "-k", "1", "--json"])) == 0
+    assert main(["search", out_dir, "-", "-k", "1", "--json"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [(x["query"], x["id"]) for x in lines] == [(corpus[0][1], "doc-1"), (corpus[0][2], "doc-2")]
-    assert run_search_command(parser.parse_args([out_dir, "x", "--ann"])) == 1
+    assert main(["search", out_dir, "x", "--ann"]) == 2
     assert "no index there" in capsys.readouterr().err
 
 

@@ -23,61 +23,18 @@ allocates nothing. Reduced-precision weight copies are cached per parameter vers
 
 from __future__ import annotations
 
-import threading
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from elmo_dist.model.options import LSTMOptions
+from elmo_dist.model.threads import run_parallel
 from elmo_dist.model.weights import lstm_prefix
 
 FORGET_BIAS = 1.0
 GATE_ROWS = 1024  # rows (timesteps x batch) per chunk of the input-to-gate product on the fast path
-
-
-def run_parallel(tasks: Sequence[Callable[[], None]]) -> None:
-    """Run ``tasks`` on min(len(tasks), torch threads) Python threads that pull them in order, each
-    thread with an equal share of torch's intra-op threads (torch ops release the GIL).
-
-    Independent threads need no barrier per op, unlike one op spread over OpenMP threads, so a core
-    taken by another process slows one worker instead of stalling every op. Grad and inference
-    mode are carried into the workers; the first exception is re-raised here.
-    """
-    n_threads = torch.get_num_threads()
-    workers = min(len(tasks), n_threads)
-    if workers < 2:
-        for task in tasks:
-            task()
-        return
-    grad_mode, inference_mode = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    pending = iter(tasks)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        torch.set_num_threads(n_threads // workers)  # this thread's share; restored below
-        try:
-            with torch.inference_mode(inference_mode), torch.set_grad_enabled(grad_mode):
-                while not errors:
-                    with lock:
-                        task = next(pending, None)
-                    if task is None:
-                        break
-                    task()
-        except BaseException as e:  # re-raised in the caller
-            errors.append(e)
-        finally:
-            torch.set_num_threads(n_threads)  # the default for threads created later
-
-    threads = [threading.Thread(target=worker, name=f"elmo-worker-{k}") for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 LOW_IN_OUT = True  # keep reduced-precision weight copies in [in, out] memory layout

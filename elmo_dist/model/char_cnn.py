@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from elmo_dist.model.bilstm import run_parallel
 from elmo_dist.model.options import CharCNNOptions
+from elmo_dist.model.threads import run_parallel
 from elmo_dist.text.chars import N_CHARS, PAD_CHAR, W
 
 BLOCK = 256  # distinct tokens per block on the fast path

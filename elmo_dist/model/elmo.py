@@ -18,9 +18,13 @@ import torch.nn as nn
 
 from elmo_dist.model.bilstm import BiLstm
 from elmo_dist.model.char_cnn import CharCNN
+from elmo_dist.model.batching import plan_batches
+from elmo_dist.model.files import load_official_files, load_official_pair  # noqa: F401  (re-exported)
 from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET
+from elmo_dist.paths import default_model_path
 from elmo_dist.storage import atomic_local_path
 from elmo_dist.text.chars import BOS_IDS, EOS_IDS, tokens_to_char_ids
 
@@ -135,42 +139,6 @@ class BiLM(nn.Module):
         return torch.stack(layers)  # (L+1, B, T+2, D)
 
 
-def load_official_files(path: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
-    """Options and weight arrays of a model directory (local or URI), validated.
-
-    ``path`` may also name the two files as ``"options.json,weights.hdf5"``.
-    """
-    if "," in path:
-        opt_uri, w_uri = path.split(",", 1)
-    else:
-        base = path.rstrip("/")
-        opt_uri, w_uri = f"{base}/options.json", f"{base}/weights.hdf5"
-    return load_official_pair(opt_uri, w_uri)
-
-
-def load_official_pair(opt_uri: str, w_uri: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
-    """Options and weight arrays from an options file and a weights file named separately
-    (local paths or URIs, as AllenNLP's ``--options-file`` / ``--weight-file``), validated."""
-    try:
-        text = _read_text(opt_uri)
-    except FileNotFoundError:
-        raise OptionsError(f"{opt_uri}: no such options file (expected options.json beside weights.hdf5)") from None
-    except OSError as e:
-        raise OptionsError(f"{opt_uri}: cannot read options ({type(e).__name__}: {e})") from None
-    opts = ElmoOptions.from_json(text, source=opt_uri)
-    return opts, read_weights(w_uri, opts)
-
-
-def _read_text(uri: str) -> str:
-    if "://" in uri and not uri.startswith("file://"):
-        import fsspec
-
-        with fsspec.open(uri, "r") as fh:
-            return fh.read()
-    with open(uri) as fh:
-        return fh.read()
-
-
 class Elmo(nn.Module):
     """ELMo contextual embeddings, exact to AllenNLP, stateless and batch-invariant.
 
@@ -216,8 +184,6 @@ class Elmo(nn.Module):
             path = f"{opt_uri},{w_uri}"
         else:
             if path is None:
-                from elmo_dist import default_model_path
-
                 path = default_model_path()
             path = str(path)
             opts, weights = load_official_files(path)
@@ -336,7 +302,7 @@ class Elmo(nn.Module):
             return layers[output]
         raise ValueError(f"output must be 'mix', 'all' or a layer 0..{layers.shape[0] - 1}, got {output!r}")
 
-    def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *, token_budget: int = 4096,
+    def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *, token_budget: int = DEFAULT_TOKEN_BUDGET,
                         output: Output = "mix", pooling: Pooling = None, window: int = 20000,
                         max_sentences: int | None = None,
                         split_sentences: bool = False) -> Iterator[np.ndarray]:
@@ -357,30 +323,43 @@ class Elmo(nn.Module):
         Yields:
             per sentence: (T, D) or (L+1, T, D) without pooling; (D,) or (L+1, D) with it.
         """
-        from elmo_dist.stages.batch import plan_batches
-
         _refuse_bare_text(sentences)  # here, not at the first next(): the generator below is lazy
         checked = isinstance(sentences, Sequence)
         if checked:
             _check_kinds(sentences)  # a list is checked whole before any work
         return self._embed_stream(self._token_lists(sentences, split_sentences, checked), token_budget,
-                                  output, pooling, window, max_sentences, plan_batches)
+                                  output, pooling, window, max_sentences)
 
-    def _embed_stream(self, sentences, token_budget, output, pooling, window, max_sentences, plan_batches):
+    def _embed_stream(self, sentences, token_budget, output, pooling, window, max_sentences):
         buf: list[Sequence[str]] = []
         for s in sentences:
             buf.append(s)
             if len(buf) >= window:
-                yield from self._embed_window(buf, token_budget, output, pooling, plan_batches, max_sentences)
+                yield from self._embed_window(buf, token_budget, output, pooling, max_sentences)
                 buf = []
         if buf:
-            yield from self._embed_window(buf, token_budget, output, pooling, plan_batches, max_sentences)
+            yield from self._embed_window(buf, token_budget, output, pooling, max_sentences)
 
-    def _embed_window(self, sents, token_budget, output, pooling, plan_batches, max_sentences=None):
-        lengths = np.array([len(s) for s in sents])
-        results: list[np.ndarray | None] = [None] * len(sents)
+    def embed_in_batches(self, tokens: Sequence[Sequence[str]], token_budget: int = DEFAULT_TOKEN_BUDGET,
+                         max_sentences: int | None = None
+                         ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """The one batching loop (the API and the corpus job both use it): sentences grouped by
+        length under ``token_budget`` (``batching.plan_batches``), each group embedded.
+
+        Yields:
+            (idx, layers, mask): the positions in ``tokens`` of a batch's sentences, their layers
+            (L+1, b, T, D) and mask (b, T). Every sentence starts from a zero state, so a
+            sentence's vectors do not depend on the batch it lands in.
+        """
+        lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
         for idx in plan_batches(lengths, token_budget, max_sentences):
-            layers, mask = self.forward_batch(Batch.from_sentences([sents[i] for i in idx]))
+            layers, mask = self.forward_batch(Batch.from_sentences([tokens[i] for i in idx]))
+            yield idx, layers, mask
+
+    def _embed_window(self, sents, token_budget, output, pooling, max_sentences=None):
+        lengths = [len(s) for s in sents]
+        results: list[np.ndarray | None] = [None] * len(sents)
+        for idx, layers, mask in self.embed_in_batches(sents, token_budget, max_sentences):
             out = self.select(layers, output)  # (B, T, D) or (B, L+1, T, D)
             vecs = pool(out, mask, pooling) if pooling else out
             vecs = vecs.cpu().numpy()

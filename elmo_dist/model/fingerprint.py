@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from elmo_dist.model.files import load_official_files
 from elmo_dist.model.options import ElmoOptions
 
 
@@ -20,7 +21,5 @@ def fingerprint_arrays(opts: ElmoOptions, weights: dict[str, np.ndarray]) -> str
 
 def model_fingerprint(path: str) -> tuple[str, int]:
     """(fingerprint, output dim D) of the model directory or URI ``path``."""
-    from elmo_dist.model.elmo import load_official_files
-
     opts, weights = load_official_files(path)
     return fingerprint_arrays(opts, weights), opts.output_dim

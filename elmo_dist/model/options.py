@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist.text.chars import W
 
 
-class OptionsError(ValueError):
+class OptionsError(ElmoDistError, ValueError):
     """options.json is missing, unreadable or holds an invalid value."""
 
 

@@ -17,13 +17,14 @@ from typing import Mapping
 import h5py
 import numpy as np
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist.model.options import ElmoOptions
 from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
 
-class WeightsError(ValueError):
+class WeightsError(ElmoDistError, ValueError):
     """weights.hdf5 is missing, truncated, or does not match options.json."""
 
 

@@ -16,9 +16,8 @@ import pyarrow as pa
 import torch
 
 from elmo_dist import schema as S
-from elmo_dist.config import EmbeddingSettings
-from elmo_dist.model.elmo import Batch, Elmo, pool
-from elmo_dist.stages.batch import plan_batches
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET, EmbeddingSettings
+from elmo_dist.model.elmo import Elmo, pool
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def fixed_list(values: np.ndarray, *dims: int) -> pa.Array:
 class Embedder:
     """Loads the model once; ``__call__`` embeds a prepared table (see stages.prepare)."""
 
-    def __init__(self, model: str, embedding: EmbeddingSettings, *, token_budget: int = 4096,
+    def __init__(self, model: str, embedding: EmbeddingSettings, *, token_budget: int = DEFAULT_TOKEN_BUDGET,
                  compute_dtype: str = "float32", device: str | None = None, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
@@ -80,9 +79,8 @@ class Embedder:
         sent = np.zeros((n, d), dtype=np.float32)  # (N, D)
         per_token: list[np.ndarray | None] = [None] * n
         padded = 0
-        for idx in plan_batches(lengths, self.token_budget):
+        for idx, layers, mask in self.elmo.embed_in_batches(tokens, self.token_budget):
             padded += len(idx) * int(lengths[idx].max())
-            layers, mask = self.elmo.forward_batch(Batch.from_sentences([tokens[i] for i in idx]))
             sent[idx] = pool(self.elmo.select(layers, st.sentence_output), mask, st.pooling).cpu().numpy()
             if st.token_embeddings:
                 tok = self.elmo.select(layers, st.token_output).cpu().numpy()  # (b, T, D) / (b, L+1, T, D)

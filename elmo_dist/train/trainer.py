@@ -11,7 +11,6 @@ exit; rerunning the same command resumes. ``export`` writes options.json + weigh
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import logging
@@ -28,20 +27,13 @@ import torch.nn as nn
 
 from elmo_dist.model.elmo import BiLM, Batch, Elmo
 from elmo_dist.model.options import ElmoOptions
+from elmo_dist.train.config import ARCHS, TrainConfig  # noqa: F401  (re-exported)
 from elmo_dist.stages.batch import plan_batches
 from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
 UNK, BOS, EOS = "<UNK>", "<S>", "</S>"
-
-ARCHS = {
-    # name: (filters, n_highway, char dim, lstm dim, projection dim)
-    "mini": ([[1, 32], [2, 32], [3, 64], [4, 128], [5, 256]], 1, 16, 512, 128),
-    "small-512": ([[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512]], 1, 16, 1024, 128),
-    "tiny": ([[1, 4], [2, 8], [3, 16]], 1, 4, 32, 16),
-}
-
 
 def make_options(arch: str, cell_clip: float = 3.0, proj_clip: float = 3.0) -> ElmoOptions:
     filters, n_highway, e, c, p = ARCHS[arch]
@@ -51,27 +43,6 @@ def make_options(arch: str, cell_clip: float = 3.0, proj_clip: float = 3.0) -> E
         "lstm": {"dim": c, "projection_dim": p, "n_layers": 2, "cell_clip": cell_clip,
                  "proj_clip": proj_clip, "use_skip_connections": True},
     })
-
-
-@dataclass
-class TrainConfig:
-    corpus: str
-    out: str
-    arch: str = "mini"
-    vocab_size: int = 30000
-    token_budget: int = 2048
-    lr: float = 2e-3
-    warmup_steps: int = 200
-    max_minutes: float = 60.0
-    max_steps: int = 0  # 0 = until max_minutes
-    clip_norm: float = 1.0
-    dropout: float = 0.1
-    checkpoint_minutes: float = 5.0
-    eval_every: int = 500
-    eval_tokens: int = 60000
-    seed: int = 1234
-    threads: int = 2
-    cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])
 
 
 def read_sentences(path: str, limit_tokens: int = 0) -> list[list[str]]:
@@ -309,36 +280,6 @@ class Trainer:
         return elmo
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig(corpus="", out="")
-    p.add_argument("--corpus", required=True, help="directory with train.txt and valid.txt (one tokenized sentence per line)")
-    p.add_argument("--out", required=True, help="run directory: vocab, checkpoint.pt, history.jsonl, model/")
-    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHS))
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--token-budget", type=int, default=d.token_budget, help="padded tokens per batch")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--max-minutes", type=float, default=d.max_minutes, help="training time budget (resumes count)")
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--checkpoint-minutes", type=float, default=d.checkpoint_minutes)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--seed", type=int, default=d.seed)
-
-
-def run_from_args(args: argparse.Namespace) -> None:
-    cfg = TrainConfig(corpus=args.corpus, out=args.out, arch=args.arch, vocab_size=args.vocab_size,
-                      token_budget=args.token_budget, lr=args.lr, max_minutes=args.max_minutes,
-                      max_steps=args.max_steps, eval_every=args.eval_every,
-                      checkpoint_minutes=args.checkpoint_minutes, threads=args.threads, seed=args.seed)
+def train(cfg: TrainConfig) -> None:
+    """Train (resuming from ``cfg.out``'s checkpoint when there is one) until the time or step budget."""
     Trainer(cfg).run()
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="elmo-dist train", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_from_args(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

