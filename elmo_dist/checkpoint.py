@@ -191,7 +191,7 @@ class JobState:
 
         with concurrent.futures.ThreadPoolExecutor(min(_READERS, max(1, len(paths)))) as pool:
             for uid, rec, err in pool.map(load, sorted(paths.items())):
-                why = err or _check_record(uid, rec, sizes)
+                why = err or _check_record(uid, rec, sizes, strict_unit=bool(planned))
                 if why:
                     invalid[uid] = why
                 else:
@@ -230,10 +230,16 @@ class JobState:
         return out
 
 
-def _check_record(uid: str, rec: Any, sizes: dict[str, int]) -> str | None:
-    """Why a parsed record does not prove its unit done (None when it does)."""
+def _check_record(uid: str, rec: Any, sizes: dict[str, int], strict_unit: bool = True) -> str | None:
+    """Why a parsed record does not prove its unit done (None when it does).
+
+    ``strict_unit``: the record must name this unit (outputs with a plan; hand-assembled outputs
+    without one are checked by their shards only).
+    """
     if not isinstance(rec, dict) or not isinstance(rec.get("files"), list):
         return "record is not a completion record (no file list)"
+    if strict_unit and rec.get("unit") != uid:
+        return f"record names unit {rec.get('unit')!r}, not {uid!r}"
     try:
         files = normalize_files(rec["files"])
     except ValueError as e:

@@ -150,6 +150,6 @@ class JobConfig(BaseModel):
                 raw[key] = value
         try:
             return cls.model_validate(raw)
-        except ValidationError as e:
+        except ValidationError as e:  # raised below, outside: the error must not carry the input
             problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-            raise ConfigError(f"invalid configuration: {problems}") from None
+        raise ConfigError(f"invalid configuration: {problems}")

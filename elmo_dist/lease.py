@@ -296,9 +296,20 @@ def _process_start(pid: int) -> str | None:
     return st[19] if st and len(st) > 19 else None
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace (Linux): pids are comparable only within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def holder_dead(cur: dict[str, Any]) -> bool:
-    """Whether the lease ``cur`` was taken by a process of this host that no longer runs."""
+    """Whether the lease ``cur`` was taken by a process of this host (same hostname and pid
+    namespace: containers sharing a hostname are told apart) that no longer runs."""
     if cur.get("host") != socket.gethostname() or not isinstance(cur.get("pid"), int):
+        return False
+    if cur.get("pid_ns") is not None and cur["pid_ns"] != _pid_namespace():
         return False
     pid = cur["pid"]
     try:
@@ -347,7 +358,8 @@ class Lease:
         now = _now()
         return {"owner": self.owner, "token": self.nonce, "renewed": _iso(now),
                 "expires": now + self.seconds, "expires_at": _iso(now + self.seconds),
-                "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid())}
+                "host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
+                "pid_ns": _pid_namespace()}
 
     def _held_error(self, cur: dict[str, Any]) -> LeaseHeld:
         left = float(cur.get("expires", 0)) - _now()

@@ -41,6 +41,32 @@ def _incomplete(directory: str, done: int, planned: int) -> IncompleteOutputErro
         "it, or pass allow_partial=True (--allow-partial) to read the finished units only")
 
 
+def _current_manifest(fs: pafs.FileSystem, root: str, directory: str) -> dict[str, Any] | None:
+    """The manifest ``_current.json`` points at (refresh outputs); None when there is no pointer.
+
+    Raises OutputError naming the problem when the pointer or the manifest is damaged.
+    """
+    where = storage.redact(directory)
+    try:
+        pointer = read_json(fs, posixpath.join(root, CURRENT), strict=True)
+    except storage.CorruptFileError as e:
+        raise OutputError(f"{e}: the output's version pointer is damaged") from None
+    if pointer is None:
+        return None
+    name = pointer.get("manifest") if isinstance(pointer, dict) else None
+    if not isinstance(name, str) or not name:
+        raise OutputError(f"{where}: {CURRENT} is damaged (no manifest named in it)")
+    try:
+        manifest = read_json(fs, posixpath.join(root, name), strict=True)
+    except storage.CorruptFileError as e:
+        raise OutputError(f"{e}: the manifest {CURRENT} points at is damaged") from None
+    if manifest is None:
+        raise OutputError(f"{where}: {CURRENT} points at a missing manifest {name}")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        raise OutputError(f"{where}: manifest {name} is damaged (no file list)")
+    return manifest
+
+
 def current_files(directory: str, allow_partial: bool = False) -> list[str]:
     """Shard names (relative to ``directory``) of the output's current, complete version.
 
@@ -52,15 +78,8 @@ def current_files(directory: str, allow_partial: bool = False) -> list[str]:
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise OutputError(f"{storage.redact(directory)}: no such output directory")
-    try:
-        pointer = read_json(fs, posixpath.join(root, CURRENT), strict=True)
-    except storage.CorruptFileError as e:
-        raise OutputError(f"{e}: the output's version pointer is damaged") from None
-    if pointer is not None:
-        manifest = read_json(fs, posixpath.join(root, pointer.get("manifest", "")))
-        if manifest is None:
-            raise OutputError(f"{storage.redact(directory)}: {CURRENT} points at a missing manifest "
-                              f"{pointer.get('manifest')}")
+    manifest = _current_manifest(fs, root, directory)
+    if manifest is not None:
         return list(manifest["files"])
     scan = JobState(directory).scan()
     if scan.planned and not scan.complete and not allow_partial:
@@ -157,11 +176,11 @@ def verify(directory: str, deep: bool = False) -> Report:
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         raise OutputError(f"{storage.redact(directory)}: no such output directory")
     try:
-        pointer = read_json(fs, posixpath.join(root, CURRENT), strict=True)
-    except storage.CorruptFileError as e:
+        manifest = _current_manifest(fs, root, directory)
+    except OutputError as e:
         return Report(directory, "refresh", problems=[str(e)])
-    if pointer is not None:
-        return _verify_refresh(fs, root, directory, pointer, deep)
+    if manifest is not None:
+        return _verify_refresh(fs, root, directory, manifest, deep)
     state = JobState(directory)
     report = Report(directory, "embed")
     try:
@@ -206,17 +225,9 @@ def verify(directory: str, deep: bool = False) -> Report:
     return report
 
 
-def _verify_refresh(fs: pafs.FileSystem, root: str, directory: str, pointer: dict[str, Any],
+def _verify_refresh(fs: pafs.FileSystem, root: str, directory: str, manifest: dict[str, Any],
                     deep: bool) -> Report:
     report = Report(directory, "refresh")
-    try:
-        manifest = read_json(fs, posixpath.join(root, pointer.get("manifest", "")), strict=True)
-    except storage.CorruptFileError as e:
-        report.problems.append(str(e))
-        return report
-    if manifest is None:
-        report.problems.append(f"{CURRENT} points at a missing manifest {pointer.get('manifest')}")
-        return report
     sizes = {p[len(root):].lstrip("/"): s for p, s in storage.list_files(fs, root, recursive=True).items()}
     recorded_sizes = manifest.get("sizes") or {}
     files = list(manifest.get("files", []))

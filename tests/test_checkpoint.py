@@ -254,8 +254,6 @@ def test_cleanup_removes_only_temporaries(tmp_path):
     assert os.path.exists(os.path.join(out, JOB_DIR, "config.json"))
 
 
-@pytest.mark.xfail(strict=True, reason="scan() does not check that a record names its own unit, "
-                                       "though the module doc says a record must name this unit")
 def test_record_naming_another_unit_does_not_count(tmp_path):
     out, state = _begun(tmp_path)
     shard = _shard(out, "part-u9-0000.parquet")
