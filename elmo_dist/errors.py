@@ -18,3 +18,11 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ElmoDistError, PermissionError, 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1  # a check ran and found problems (`elmo-dist verify`)
 EXIT_USER_ERROR = 2  # bad input, config, model or output: one line on stderr
+
+
+class SearchError(ElmoDistError, ValueError):
+    """The search cannot run as asked: wrong model, inconsistent output, stale index, bad query.
+
+    Defined here, at the bottom, because the output layer (``elmo_dist.output``) raises a kind of it
+    for shards that cannot be searched together; ``elmo_dist.search`` re-exports it.
+    """

@@ -5,25 +5,35 @@ it is *complete* when every planned unit has one. Readers refuse an incomplete o
 (``allow_partial``), so a half-finished job is never mistaken for a whole corpus. A ``refresh``
 output names its published version in ``_current.json``; a published version is complete by
 construction.
+
+``ShardSet.open`` reads every shard's footer (in parallel) and checks the shards can be compared
+with each other (same model, embedding width and sentence settings), for search and its index;
+``ShardSet.iter_vectors`` streams their sentence vectors in global row order (a row's position in
+the concatenation of the shards, in ``list_shards`` order).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import pyarrow.fs as pafs
 
-from elmo_dist.errors import ElmoDistError
-from elmo_dist import storage
+from elmo_dist.errors import ElmoDistError, SearchError
+from elmo_dist import schema, storage
 from elmo_dist.checkpoint import JOB_DIR, JobState  # noqa: F401  (JOB_DIR re-exported)
 from elmo_dist.storage import filesystem, read_json  # noqa: F401  (re-exported for callers)
 
 logger = logging.getLogger(__name__)
 
 CURRENT = "_current.json"  # refresh outputs: pointer to the published version's manifest
+# what must agree between shards (and between a search index and its output) for vectors to be comparable
+VECTOR_KEYS = ("sentence_output", "pooling", "mix_weights", "gamma")
 
 
 class OutputError(ElmoDistError, FileNotFoundError):
@@ -32,6 +42,12 @@ class OutputError(ElmoDistError, FileNotFoundError):
 
 class IncompleteOutputError(OutputError):
     """The output's job has not finished every planned unit."""
+
+
+class InconsistentOutputError(SearchError):
+    """The shards cannot be searched together: one lacks elmo-dist metadata or sentence vectors,
+    they were embedded differently, or one changed while it was read. A ``SearchError`` (a
+    ``ValueError``), which is what searching such an output has always raised."""
 
 
 def _incomplete(directory: str, done: int, planned: int) -> IncompleteOutputError:
@@ -117,6 +133,130 @@ def read_embeddings(directory: str, columns: list[str] | None = None, allow_part
             raise OutputError(f"{storage.redact(directory)}: no column(s) {missing} "
                               f"(columns: {', '.join(dataset.schema.names)})")
     return dataset
+
+
+# ---- the shards, opened for comparing their vectors (search) ---------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    path: str  # in the output's filesystem
+    name: str  # relative to the output directory
+    rows: int
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of an output directory, their row offsets and their (consistent) metadata."""
+
+    directory: str
+    fs: pafs.FileSystem
+    root: str
+    shards: tuple[Shard, ...]
+    metadata: dict[str, Any]  # of the first shard; the vector-relevant parts agree across shards
+    dim: int
+    dtype: str  # "float32" or "float16" (of the first shard; may differ between shards)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n_shards + 1,) global row number of each shard's first row, then N."""
+        return np.concatenate([[0], np.cumsum([s.rows for s in self.shards], dtype=np.int64)])
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def model_fingerprint(self) -> str:
+        return self.metadata["model"]["fingerprint"]
+
+    @property
+    def config_fingerprint(self) -> str | None:
+        return self.metadata.get("config_fingerprint")
+
+    @property
+    def vector_settings(self) -> dict[str, Any]:
+        emb = self.metadata.get("embedding", {})
+        return {key: emb.get(key) for key in VECTOR_KEYS}
+
+    @classmethod
+    def open(cls, directory: str, allow_partial: bool = False) -> "ShardSet":
+        """Read every shard's footer (in parallel) and check the shards can be searched together.
+
+        Raises:
+            OutputError: the directory is missing or holds no shard; IncompleteOutputError when its
+                job has not finished (unless ``allow_partial``).
+            InconsistentOutputError (a SearchError): a shard lacks the metadata, or shards disagree
+                on the model or settings.
+        """
+        import pyarrow.parquet as pq
+
+        paths = list_shards(directory, allow_partial)
+        fs, root = filesystem(directory)
+        root = root.rstrip("/")
+        infos = {i.path: i.size for i in fs.get_file_info(paths)}
+
+        def footer(path: str):
+            with fs.open_input_file(path) as fh:
+                pf = pq.ParquetFile(fh)
+                return pf.metadata.num_rows, pf.schema_arrow
+
+        with ThreadPoolExecutor(max_workers=min(16, len(paths))) as pool:
+            footers = list(pool.map(footer, paths))
+        shards, first, first_key, dim, dtype = [], None, None, 0, "float32"
+        for path, (rows, arrow_schema) in zip(paths, footers):
+            name = path[len(root) + 1:] if path.startswith(root + "/") else path
+            md = schema.read_metadata(arrow_schema)
+            if not md.get("model", {}).get("fingerprint"):
+                raise InconsistentOutputError(
+                    f"{directory}: shard {name} has no elmo_dist metadata (model fingerprint); "
+                    "it was not written by elmo-dist embed")
+            if schema.SENTENCE_EMBEDDING not in arrow_schema.names:
+                raise InconsistentOutputError(f"{directory}: shard {name} has no {schema.SENTENCE_EMBEDDING} column")
+            vec_type = arrow_schema.field(schema.SENTENCE_EMBEDDING).type
+            shard_dim = getattr(vec_type, "list_size", None)
+            if not shard_dim:
+                raise InconsistentOutputError(
+                    f"{directory}: shard {name}: {schema.SENTENCE_EMBEDDING} is {vec_type}, "
+                    "expected a fixed-size list of floats")
+            emb = md.get("embedding", {})
+            key = (md["model"]["fingerprint"], shard_dim) + tuple(json.dumps(emb.get(k)) for k in VECTOR_KEYS)
+            if first is None:
+                first, first_key, dim = (name, md), key, shard_dim
+                dtype = "float16" if str(vec_type.value_type) == "halffloat" else "float32"
+            elif key != first_key:
+                what = ("model fingerprints" if key[0] != first_key[0] else
+                        "embedding widths" if key[1] != first_key[1] else "sentence embedding settings")
+                raise InconsistentOutputError(
+                    f"{directory}: shards were embedded differently ({what} differ): {first[0]} has "
+                    f"model {first_key[0]}, D={first_key[1]}, {_describe(first[1])}; {name} has model {key[0]}, "
+                    f"D={key[1]}, {_describe(md)}. Search one consistent output at a time.")
+            shards.append(Shard(path, name, int(rows), int(infos.get(path) or 0)))
+        return cls(directory, fs, root, tuple(shards), first[1], dim, dtype)
+
+    def iter_vectors(self, batch_rows: int, shards: Sequence[Shard] | None = None) -> Iterator[np.ndarray]:
+        """(B, D) float16/float32 batches of sentence vectors, shard after shard (default: all of
+        them), in row order. Raises InconsistentOutputError if a shard's row count changed since
+        ``open``."""
+        import pyarrow.parquet as pq
+
+        for shard in self.shards if shards is None else shards:
+            with self.fs.open_input_file(shard.path) as fh:
+                pf = pq.ParquetFile(fh)
+                seen = 0
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=[schema.SENTENCE_EMBEDDING]):
+                    col = batch.column(0)
+                    flat = col.flatten().to_numpy(zero_copy_only=False)  # flatten() honours slicing
+                    seen += len(col)
+                    yield flat.reshape(len(col), self.dim)
+            if seen != shard.rows:
+                raise InconsistentOutputError(
+                    f"shard {shard.name} changed during the search ({seen} rows, expected {shard.rows})")
+
+
+def _describe(md: dict[str, Any]) -> str:
+    emb = md.get("embedding", {})
+    return ", ".join(f"{k}={emb.get(k)!r}" for k in VECTOR_KEYS)
 
 
 # ---- verify ---------------------------------------------------------------------------------

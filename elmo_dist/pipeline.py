@@ -3,15 +3,15 @@
     take the output's lease (one driver per output)
       -> list inputs + check schemas and null ids (driver, before any work)
       -> plan work units, skip the ones already done (checkpoint: valid records only)
-      -> read + prepare one unit per Ray task (CPU: tokenize, split, chunk)
-      -> embed + write one unit per call in an actor pool (the biLM loaded once per actor;
-         GPU when the cluster has one) -> completion record
+      -> per unit, in an actor pool (the biLM loaded once per actor; GPU when the cluster has one):
+         read + prepare (tokenize, split, chunk) overlapped with the previous unit's embedding,
+         embed, write the shards -> completion record
       -> check every planned unit has a valid record (else fail, naming what is missing)
       -> summary (rows, sentences, tokens, tokens/s, padding, time per stage) in _job/stats.json
 
-A unit travels between the two stages as one row holding its prepared sentences as Arrow IPC
-bytes, so Ray Data never splits or merges a unit: each unit is embedded and written whole, and
-its completion record is written only after its shards.
+A unit travels to its actor as one row (its description: file, row groups, size, version), so Ray
+Data never splits or merges a unit: each unit is read, embedded and written whole by one actor
+call, and its completion record is written only after its shards.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -49,21 +50,24 @@ logger = logging.getLogger(__name__)
 
 # ---- stage adapters (plain functions/classes; Ray only calls them) ----------------------------
 
-def prepare_unit(row: dict[str, Any], text: TextSettings) -> dict[str, Any]:
+def prepare_unit(row: dict[str, Any], text: TextSettings) -> tuple[pa.Table, dict[str, Any]]:
+    """Read and prepare one unit (a plain function: the actor calls it, tests call it directly)."""
     from elmo_dist.stages.prepare import prepare
 
     t0 = time.perf_counter()
-    unit = Unit.from_dict(row)
-    table, stats = prepare(read_unit(unit, text), text)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as w:
-        w.write_table(table)
+    table, stats = prepare(read_unit(Unit.from_dict(row), text), text)
     stats["prepare_seconds"] = time.perf_counter() - t0
-    return {**row, "prepared": sink.getvalue().to_pybytes(), "prepare_stats": json.dumps(stats)}
+    return table, stats
 
 
 class EmbedWriter:
-    """Actor: embeds one prepared unit per call, writes its shards, then its completion record.
+    """Actor: reads, prepares, embeds and writes one unit per call, then writes its completion record.
+
+    Two calls run at once (``max_concurrent_calls_per_actor=2``): while one unit is embedded (torch,
+    which releases the GIL, on all the actor's threads), the next one is read and tokenized (Python)
+    on the side, so tokenizing overlaps the model instead of running between units. Two locks keep
+    one unit in the model at a time (its threads are never oversubscribed) and one unit in the
+    tokenizer at a time (the sentence splitters and Moses tokenizer are not thread-safe).
 
     Args:
         cfg: the job's config (model, embedding settings, run settings).
@@ -92,15 +96,19 @@ class EmbedWriter:
         ctx = ray.get_runtime_context()
         self.node = {"node_id": ctx.get_node_id(), "host": socket.gethostname(), "pid": os.getpid(),
                      "device": self.device, "gpu_ids": self.gpu_ids}
+        self.text = cfg.text
+        self._model_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from elmo_dist.stages.write import write_unit
 
         out = []
         for row in batch.to_pylist():
-            table = pa.ipc.open_stream(row["prepared"]).read_all()
-            stats = json.loads(row["prepare_stats"])
-            embedded, estats = self.embedder(table)
+            with self._prepare_lock:  # overlaps the other call's embedding
+                table, stats = prepare_unit(row, self.text)
+            with self._model_lock:
+                embedded, estats = self.embedder(table)
             t0 = time.perf_counter()
             files = write_unit(embedded, self.output, row["unit_id"], self.schema, subdir=self.subdir)
             stats.update(estats, write_seconds=time.perf_counter() - t0, files=len(files),
@@ -139,8 +147,8 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
         n = cfg.run.num_actors or max(1, int(gpus // g))
     else:
         c = cfg.run.cpus_per_actor
-        # Leave at least one CPU for the read/prepare tasks: a pool that takes every CPU starves them.
-        n = cfg.run.num_actors or max(1, int(max(cpus - 1.0, c) // c))
+        # The actors read and prepare their units themselves: no task needs a CPU of its own.
+        n = cfg.run.num_actors or max(1, int(max(cpus, c) // c))
     n = max(1, min(n, n_units))
     threads = cfg.run.torch_threads or max(1, math.ceil(c))
     return {"actors": n, "num_cpus": c, "num_gpus": g, "threads": threads}
@@ -265,10 +273,10 @@ def embed_units(cfg: JobConfig, metadata: dict[str, Any], pending: list[Unit], s
     logger.info("embedding %d unit(s) with %d actor(s): %s CPU, %s GPU, %d torch thread(s) each",
                 len(pending), actors["actors"], actors["num_cpus"], actors["num_gpus"], actors["threads"])
     ds = ray.data.from_items([u.to_dict() for u in pending], override_num_blocks=len(pending))
-    ds = ds.map(prepare_unit, fn_kwargs={"text": cfg.text}, num_cpus=1)
-    ds = ds.map_batches(
+    ds = ds.map_batches(  # read + prepare + embed + write in the actors: no CPU is left idle for tasks
         EmbedWriter, batch_size=1, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors["actors"]),
+        compute=ActorPoolStrategy(size=actors["actors"], max_tasks_in_flight_per_actor=2,
+                                  max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
         num_cpus=actors["num_cpus"], num_gpus=actors["num_gpus"],
         fn_constructor_kwargs=dict(cfg=cfg, metadata=metadata, actor=actors, job_dir=state.job_dir, subdir=subdir),
     )
