@@ -50,8 +50,9 @@ class TextSettings(BaseModel):
     text_column: str | None = Field(None, description="column of raw text (tokenized by elmo-dist)")
     tokens_column: str | None = Field(None, description="column of pre-tokenized sentences, list<string>")
     id_column: str | None = Field(None, description="unique id column; default: derived from file and row")
-    sentence_split: Literal["pysbd", "newline", "none"] = Field(
-        "pysbd", description="how raw text is split into sentences")
+    sentence_split: Literal["sentencex", "pysbd", "newline", "none"] = Field(
+        "sentencex", description="how raw text is split into sentences: sentencex (fast, rule-based), "
+                                 "pysbd (slower, rule-based), newline (one per line) or none")
     max_sentence_tokens: int = Field(
         256, ge=1, description="longer sentences are cut into chunks of this many tokens (chunk column)")
     max_document_chars: int = Field(

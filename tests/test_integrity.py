@@ -73,6 +73,26 @@ def _copy(finished, tmp_path):
     return out
 
 
+def test_actors_tokenize_like_the_library(finished, corpus):
+    """Each actor prepares one unit while embedding another: the tokens must be exactly what the
+    tokenizer gives on its own (the splitters and the Moses tokenizer are not thread-safe)."""
+    from elmo_dist.config import TextSettings
+    from elmo_dist.stages.prepare import tokenizer_for
+
+    _, rows = corpus
+    t = read_embeddings(str(finished[0])).to_table().sort_by([(S.ID, "ascending"), (S.SENTENCE_INDEX, "ascending"),
+                                                               (S.CHUNK, "ascending")])
+    got: dict[str, list] = {}
+    for i, chunk, toks in zip(t[S.ID].to_pylist(), t[S.CHUNK].to_pylist(), t[S.TOKENS].to_pylist()):
+        sentences = got.setdefault(i, [])
+        if chunk:  # a long sentence was cut into chunks: join them back
+            sentences[-1] = sentences[-1] + toks
+        else:
+            sentences.append(toks)
+    tok = tokenizer_for(TextSettings())
+    assert got == {i: tok(text) for i, text in rows if tok(text)}
+
+
 def test_records_list_shards_with_size_rows_and_node(finished):
     out, vecs = finished
     records = JobState(str(out)).records()

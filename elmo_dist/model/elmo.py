@@ -23,12 +23,14 @@ from elmo_dist.model.files import load_official_files, load_official_pair  # noq
 from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET, TextSettings
 from elmo_dist.paths import default_model_path
 from elmo_dist.storage import atomic_local_path
 from elmo_dist.text.chars import BOS_IDS, EOS_IDS, tokens_to_char_ids
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SENTENCE_SPLIT = TextSettings.model_fields["sentence_split"].default  # the job's splitter
 
 Output = Literal["mix", "all"] | int
 Pooling = Literal["mean", "max"] | None
@@ -243,16 +245,16 @@ class Elmo(nn.Module):
         """Raw text -> sentences of Moses tokens, as the corpus job tokenizes its text column.
 
         Without ``split_sentences`` the text is one sentence: ``[tokens]`` (``[[]]`` for text with
-        no token). With it, the text is split into sentences first (pysbd) and sentences with no
+        no token). With it, the text is split into sentences first (the job's default splitter) and sentences with no
         token are dropped, so the list may be empty. The tokenizer is built once per ``Elmo``.
         """
         if not isinstance(text, str):
             raise TypeError(f"tokenize() takes a str, got {type(text).__name__}")
         tok = self._tokenizers.get(split_sentences) if hasattr(self, "_tokenizers") else None
         if tok is None:
-            from elmo_dist.text.tokenize import Tokenizer  # lazy: sacremoses/pysbd only when used
+            from elmo_dist.text.tokenize import Tokenizer  # lazy: sacremoses and the splitter only when used
 
-            tok = Tokenizer("pysbd" if split_sentences else "none")
+            tok = Tokenizer(DEFAULT_SENTENCE_SPLIT if split_sentences else "none")
             if not hasattr(self, "_tokenizers"):
                 self._tokenizers = {}
             self._tokenizers[split_sentences] = tok
@@ -282,7 +284,7 @@ class Elmo(nn.Module):
             sentences: token lists (``[["Hello", "world"], ["Hi"]]``, used as they are) or raw
                 strings (``["Hello world!", "Hi"]``), each Moses-tokenized as one sentence like
                 the corpus job's text column. Not a bare str, not a mix of the two (TypeError).
-            split_sentences: split each raw string into sentences first (pysbd); the batch then
+            split_sentences: split each raw string into sentences first (the job's default splitter); the batch then
                 has one row per sentence, all sentences of string 0 first, then string 1's, ...
                 (``elmo.tokenize(text, split_sentences=True)`` gives each string's sentences).
         Returns:
@@ -316,7 +318,7 @@ class Elmo(nn.Module):
             output: "mix", "all" or a layer index.
             pooling: None (one vector per token), "mean" or "max" over tokens.
             max_sentences: optional cap on sentences per model call.
-            split_sentences: split each raw string into sentences first (pysbd); one result is
+            split_sentences: split each raw string into sentences first (the job's default splitter); one result is
                 yielded per sentence, in order (string 0's sentences, then string 1's, ...; a
                 string with no token yields nothing). ``elmo.tokenize(text, split_sentences=True)``
                 tells how many sentences a string has.

@@ -55,3 +55,16 @@ def test_pretokenized_sentences_and_documents():
     docs = _table([[["A"], ["b", "c"]]], col="toks", typ=pa.list_(pa.list_(pa.string())))
     out, _ = prepare(docs, TextSettings(tokens_column="toks"))
     assert out.column(S.SENTENCE_INDEX).to_pylist() == [0, 1]
+
+
+def test_sentence_split_options_through_prepare():
+    doc = "Mr. Patel said the plant would reopen in the U.S. in March. Sales rose 2.5% to $3.50.\nA new line"
+    want = [["Mr.", "Patel", "said", "the", "plant", "would", "reopen", "in", "the", "U.S.", "in", "March", "."],
+            ["Sales", "rose", "2.5", "%", "to", "$", "3.50", "."], ["A", "new", "line"]]
+    assert TextSettings().sentence_split == "sentencex"
+    for split in ("sentencex", "pysbd"):
+        out, stats = prepare(_table([doc]), TextSettings(sentence_split=split))
+        assert out.column(S.TOKENS).to_pylist() == want, split
+        assert out.column(S.TEXT).to_pylist()[0].startswith("Mr. Patel") and stats["sentences"] == 3
+    out, _ = prepare(_table([doc]), TextSettings(sentence_split="newline"))
+    assert out.column(S.N_TOKENS).to_pylist() == [21, 3]
