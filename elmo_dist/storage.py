@@ -271,22 +271,22 @@ def _s3_put(fs: pafs.FileSystem, path: str, data: bytes | memoryview) -> None:
                  chunksize=SINGLE_PUT_BYTES // 2)
 
 
-def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> int:
-    """Write ``data`` to ``path`` atomically (see the module doc); returns its size."""
-    if is_local(fs):
-        tmp = write_temp_local(path, data)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(os.path.dirname(path) or ".")
-    elif fs.type_name == "s3":
-        _s3_put(fs, path, data)
+def _put_complete(fs: pafs.FileSystem, path: str, data: bytes | memoryview | pa.Buffer) -> None:
+    """Upload a complete object to a non-local filesystem (S3: one PUT or an aborting multipart)."""
+    if fs.type_name == "s3":
+        _s3_put(fs, path, memoryview(data))
     else:  # another pyarrow filesystem: best effort (a plain stream)
         with fs.open_output_stream(path) as fh:
             fh.write(data)
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> int:
+    """Write ``data`` to ``path`` atomically (see the module doc); returns its size."""
+    if is_local(fs):
+        with atomic_local_path(path) as tmp, open(tmp, "wb") as fh:
+            fh.write(data)
+    else:
+        _put_complete(fs, path, data)
     return len(data)
 
 
@@ -310,11 +310,7 @@ def write_parquet(fs: pafs.FileSystem, path: str, table: pa.Table, **write_optio
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **write_options)
     buf = sink.getvalue()
-    if fs.type_name == "s3":
-        _s3_put(fs, path, memoryview(buf))
-    else:
-        with fs.open_output_stream(path) as fh:
-            fh.write(buf)
+    _put_complete(fs, path, buf)
     return buf.size
 
 
@@ -328,12 +324,7 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
         return
     sink = pa.BufferOutputStream()
     yield sink
-    buf = sink.getvalue()
-    if fs.type_name == "s3":
-        _s3_put(fs, path, memoryview(buf))
-    else:
-        with fs.open_output_stream(path) as fh:
-            fh.write(buf)
+    _put_complete(fs, path, sink.getvalue())
 
 
 def remove_temporaries(fs: pafs.FileSystem, directory: str, recursive: bool = True) -> int:
