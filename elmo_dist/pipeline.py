@@ -167,11 +167,11 @@ class Plan:
         return [u.unit_id for u in self.units]
 
 
-def plan(cfg: JobConfig, files: list[InputFile]) -> Plan:
-    """Check the files' schemas and null ids (before any work), cut them into units, fingerprint
-    the model. Shared by ``run`` and ``refresh``."""
+def plan(cfg: JobConfig, files: list[InputFile], pack: bool = True) -> Plan:
+    """Check the files' schemas and null ids (before any work), cut them into units (small files
+    packed together unless ``pack`` is off), fingerprint the model. Shared by ``run`` and ``refresh``."""
     check_schema(files, cfg.text)
-    units = plan_units(files, cfg.run.rows_per_unit)
+    units = plan_units(files, cfg.run.rows_per_unit, pack=pack)
     fp, dim = model_fingerprint(cfg.model)
     return Plan(units, fp, dim)
 

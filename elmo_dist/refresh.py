@@ -340,7 +340,7 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
                 "rows_embedded": 0, "retention": retention, "stats": None}
 
     to_embed = files if full else [listing[u] for u in diff.added + diff.changed]
-    job = plan(cfg, to_embed)
+    job = plan(cfg, to_embed, pack=False)  # one file per unit: a changed file drops exactly its shards
     ids = job.unit_ids
     run_id = run_id_for(config_fp, ids)
     records = _completed(cfg.output, fs, root, config_fp, set(ids))

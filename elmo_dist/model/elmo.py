@@ -228,6 +228,8 @@ class Elmo(nn.Module):
         """
         dev = self.device
         if dev.type == "cuda":  # pinned host memory makes the copies asynchronous
+            if self.compute_dtype == "float32":
+                exact_fp32_on_cuda()
             as_t = lambda a: torch.from_numpy(a).pin_memory().to(dev, non_blocking=True)  # noqa: E731
         else:
             as_t = lambda a: torch.from_numpy(a).to(dev)  # noqa: E731
@@ -368,6 +370,14 @@ class Elmo(nn.Module):
             for j, i in enumerate(idx):
                 results[i] = vecs[j] if pooling else vecs[j][..., : lengths[i], :]
         yield from results  # type: ignore[misc]
+
+
+def exact_fp32_on_cuda() -> None:
+    """fp32 means fp32: PyTorch lets cuDNN convolutions (the char-CNN) use TF32 by default, which
+    rounds inputs to 10 mantissa bits; matmuls too where a user turned it on. Both are switched off
+    for fp32 compute (bf16/fp16 compute is chosen explicitly and does not depend on these flags)."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def _refuse_bare_text(sentences) -> None:

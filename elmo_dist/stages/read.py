@@ -12,6 +12,7 @@ Listing skips files and directories whose name starts with ``_`` or ``.`` (``_SU
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import posixpath
@@ -28,6 +29,9 @@ from elmo_dist import storage
 from elmo_dist.config import TextSettings
 
 logger = logging.getLogger(__name__)
+
+FOOTER_READERS = 16  # footers read in parallel when listing (S3 latency)
+BYTES_PER_UNIT = 512 << 20  # uncompressed input bytes per work unit, at most
 
 
 class InputError(ElmoDistError, ValueError):
@@ -48,8 +52,25 @@ class InputFile:
     metadata: pq.FileMetaData | None = field(default=None, compare=False, repr=False)  # the footer
 
     @property
+    def group_bytes(self) -> tuple[int, ...]:
+        """Uncompressed bytes of each row group (0 where the footer is not at hand)."""
+        if self.metadata is None:
+            return tuple(0 for _ in self.row_groups)
+        return tuple(self.metadata.row_group(i).total_byte_size for i in range(len(self.row_groups)))
+
+    @property
     def num_rows(self) -> int:
         return sum(self.row_groups)
+
+
+@dataclass(frozen=True)
+class Part:
+    """A whole small file packed into a unit after the unit's first file (see ``plan_units``)."""
+
+    uri: str
+    num_rows: int
+    file_size: int
+    file_version: str
 
 
 @dataclass(frozen=True)
@@ -62,17 +83,29 @@ class Unit:
     offset: int = 0  # rows to skip within those row groups (a row group bigger than a unit is sliced)
     file_size: int = -1  # the file's size and version when planned (-1 / "": not checked)
     file_version: str = ""
+    more: tuple[Part, ...] = ()  # further whole small files read after this one (packed units)
+
+    @property
+    def total_rows(self) -> int:
+        return self.num_rows + sum(p.num_rows for p in self.more)
+
+    @property
+    def uris(self) -> list[str]:
+        return [self.uri] + [p.uri for p in self.more]
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["row_groups"] = list(self.row_groups)
+        d["more"] = [asdict(p) for p in self.more]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Unit":
         return cls(d["unit_id"], d["uri"], tuple(int(x) for x in d["row_groups"]),
                    int(d["first_row"]), int(d["num_rows"]), int(d.get("offset", 0)),
-                   int(d.get("file_size", -1)), str(d.get("file_version", "")))
+                   int(d.get("file_size", -1)), str(d.get("file_version", "")),
+                   tuple(Part(p["uri"], int(p["num_rows"]), int(p["file_size"]), str(p["file_version"]))
+                         for p in d.get("more") or ()))
 
 
 def resolve_fs(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -136,16 +169,26 @@ def list_inputs(patterns: list[str]) -> list[InputFile]:
             raise InputError(f"{pattern}: matches no Parquet file")
         for i in infos:
             found.setdefault(i.path, (fs, i, _to_uri(pattern, i.path)))
+    paths = sorted(found)
+    with concurrent.futures.ThreadPoolExecutor(min(FOOTER_READERS, max(1, len(paths)))) as pool:
+        footers = list(pool.map(lambda p: _footer(*found[p]), paths))
     out = []
-    for path in sorted(found):
+    for path, md in zip(paths, footers):
         fs, info, uri = found[path]
-        try:
-            md = pq.ParquetFile(path, filesystem=fs).metadata
-        except Exception as e:
-            raise InputError(f"{uri}: not a readable Parquet file ({e})") from None
+        if isinstance(md, Exception):
+            raise InputError(f"{storage.redact(uri)}: not a readable Parquet file ({md})") from None
         out.append(InputFile(uri, path, int(info.size or 0), file_version(info),
                              tuple(md.row_group(i).num_rows for i in range(md.num_row_groups)), md))
     return out
+
+
+def _footer(fs: pafs.FileSystem, info: pafs.FileInfo, uri: str) -> pq.FileMetaData | Exception:
+    """A file's footer, read once."""
+    try:
+        with fs.open_input_file(info.path) as fh:
+            return pq.ParquetFile(fh).metadata
+    except Exception as e:  # reported in listing order by the caller
+        return e
 
 
 def _hidden(path: str, base: str) -> bool:
@@ -250,26 +293,64 @@ def check_schema(files: list[InputFile], text: TextSettings) -> None:
                                  "row needs an id (or drop --id-column to derive ids from file and row)")
 
 
-def plan_units(files: list[InputFile], rows_per_unit: int) -> list[Unit]:
-    """Cut files into units of about ``rows_per_unit`` rows: whole row groups where they are small
-    enough, slices of one row group where a row group is bigger than a unit."""
-    units = []
+def plan_units(files: list[InputFile], rows_per_unit: int, bytes_per_unit: int = BYTES_PER_UNIT,
+               pack: bool = True) -> list[Unit]:
+    """Cut files into units of about ``rows_per_unit`` rows and at most ``bytes_per_unit``
+    uncompressed input bytes: whole row groups where they are small enough, slices of one row group
+    where a row group is bigger than a unit. With ``pack``, consecutive small files (in listing
+    order) are packed into one unit while the sum stays within both limits, so 3,000 tiny files
+    give a few units, shards and records, not 3,000; a file alone keeps the unit id it always had."""
+    units: list[Unit] = []
+    group: list[InputFile] = []
+    rows = size = 0
+
+    def flush() -> None:
+        if len(group) == 1:
+            units.extend(_file_units(group[0], rows_per_unit, bytes_per_unit))
+        elif group:
+            units.append(_packed_unit(group))
+        group.clear()
+
     for f in files:
-        first, groups, rows = 0, [], 0
-        for g, n in enumerate(f.row_groups):
-            if groups and rows + n > rows_per_unit:
-                units.append(_unit(f, groups, first, rows))
-                first, groups, rows = first + rows, [], 0
-            if n > rows_per_unit:  # slice a big row group
-                for off in range(0, n, rows_per_unit):
-                    units.append(_unit(f, [g], first + off, min(rows_per_unit, n - off), off))
-                first += n
-                continue
-            groups.append(g)
-            rows += n
-        if groups and rows:
-            units.append(_unit(f, groups, first, rows))
+        f_bytes = sum(f.group_bytes)
+        small = pack and f.num_rows <= rows_per_unit and f_bytes <= bytes_per_unit
+        if not small or rows + f.num_rows > rows_per_unit or size + f_bytes > bytes_per_unit:
+            flush()
+            rows = size = 0
+        if not small:
+            units.extend(_file_units(f, rows_per_unit, bytes_per_unit))
+            continue
+        group.append(f)
+        rows, size = rows + f.num_rows, size + f_bytes
+    flush()
     return units
+
+
+def _file_units(f: InputFile, rows_per_unit: int, bytes_per_unit: int) -> list[Unit]:
+    units = []
+    first, groups, rows, size = 0, [], 0, 0
+    for g, (n, b) in enumerate(zip(f.row_groups, f.group_bytes)):
+        if groups and (rows + n > rows_per_unit or size + b > bytes_per_unit):
+            units.append(_unit(f, groups, first, rows))
+            first, groups, rows, size = first + rows, [], 0, 0
+        if n > rows_per_unit:  # slice a big row group
+            for off in range(0, n, rows_per_unit):
+                units.append(_unit(f, [g], first + off, min(rows_per_unit, n - off), off))
+            first += n
+            continue
+        groups.append(g)
+        rows, size = rows + n, size + b
+    if groups and rows:
+        units.append(_unit(f, groups, first, rows))
+    return units
+
+
+def _packed_unit(files: list[InputFile]) -> Unit:
+    key = "||".join(f"{f.uri}|{f.size}|{f.version}|all" for f in files)
+    uid = hashlib.sha256(key.encode()).hexdigest()[:20]
+    head, rest = files[0], files[1:]
+    return Unit(uid, head.uri, tuple(range(len(head.row_groups))), 0, head.num_rows, 0, head.size, head.version,
+                tuple(Part(f.uri, f.num_rows, f.size, f.version) for f in rest))
 
 
 def _unit(f: InputFile, groups: list[int], first: int, rows: int, offset: int = 0) -> Unit:
@@ -279,15 +360,46 @@ def _unit(f: InputFile, groups: list[int], first: int, rows: int, offset: int = 
 
 
 def read_unit(unit: Unit, text: TextSettings) -> pa.Table:
-    """The unit's rows: the input columns plus ``source`` and ``_row`` (row number in the file)."""
+    """The unit's rows: the input columns plus ``source`` and ``_row`` (row number in its file).
+    Each file's size and version are checked after reading (``check_unchanged``)."""
     fs, path = resolve_fs(unit.uri)
-    table = pq.ParquetFile(path, filesystem=fs).read_row_groups(list(unit.row_groups),
-                                                                columns=input_columns(text))
-    table = table.slice(unit.offset, unit.num_rows)
+    cols = input_columns(text)
+    pf = pq.ParquetFile(path, filesystem=fs)
+    if unit.offset or unit.num_rows < sum(pf.metadata.row_group(g).num_rows for g in unit.row_groups):
+        table = _read_slice(pf, unit, cols)
+    else:
+        table = pf.read_row_groups(list(unit.row_groups), columns=cols)
     check_unchanged(unit, fs, path)
+    tables = [_with_origin(table, unit.uri, unit.first_row)]
+    for part in unit.more:
+        pfs, ppath = resolve_fs(part.uri)
+        t = pq.read_table(ppath, filesystem=pfs, columns=cols)
+        check_unchanged(Unit("", part.uri, (), 0, part.num_rows, 0, part.file_size, part.file_version), pfs, ppath)
+        tables.append(_with_origin(t, part.uri, 0))
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _read_slice(pf: pq.ParquetFile, unit: Unit, cols: list[str]) -> pa.Table:
+    """Rows [offset, offset + num_rows) of one big row group, decoding batch by batch and keeping
+    only the batches that overlap the slice (not the whole row group at once)."""
+    out, pos, end = [], 0, unit.offset + unit.num_rows
+    for batch in pf.iter_batches(batch_size=8192, row_groups=list(unit.row_groups), columns=cols):
+        lo, hi = pos, pos + batch.num_rows
+        pos = hi
+        if hi <= unit.offset:
+            continue
+        out.append(batch.slice(max(0, unit.offset - lo), min(hi, end) - max(lo, unit.offset)))
+        if hi >= end:
+            break
+    return pa.Table.from_batches(out, schema=pf.schema_arrow.empty_table().select(cols).schema)
+
+
+def _with_origin(table: pa.Table, uri: str, first_row: int) -> pa.Table:
     n = table.num_rows
-    table = table.append_column(S.SOURCE, pa.array([unit.uri] * n, pa.string()))
-    return table.append_column(S.ROW, pa.array(range(unit.first_row, unit.first_row + n), pa.int64()))
+    table = table.append_column(S.SOURCE, pa.array([uri] * n, pa.string()))
+    return table.append_column(S.ROW, pa.array(range(first_row, first_row + n), pa.int64()))
 
 
 def check_unchanged(unit: Unit, fs: pafs.FileSystem, path: str) -> None:

@@ -70,3 +70,13 @@ def test_cuda_fp32_matches_allennlp(tiny_dir, tiny_ref):
     layers, mask = elmo.embed_batch(sents)
     for k in range(3):
         np.testing.assert_allclose(layers[:, k], ref[f"layer{k}"], atol=TOL, rtol=0)
+
+
+def test_fp32_switches_tf32_off():
+    """The CUDA path calls this before an fp32 batch; the flags exist (and are settable) on any build."""
+    from elmo_dist.model.elmo import exact_fp32_on_cuda
+
+    torch.backends.cudnn.allow_tf32 = True
+    exact_fp32_on_cuda()
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default, restored

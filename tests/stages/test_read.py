@@ -47,3 +47,62 @@ def test_schema_errors_name_the_problem(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match="not a readable Parquet file"):
         list_inputs([str(tmp_path / "bad.parquet")])
+
+
+def test_tiny_files_are_packed_into_few_units(tmp_path):
+    d = tmp_path / "many"
+    d.mkdir()
+    for k in range(300):
+        _write(d / f"f{k:04d}.parquet", 3, 10)
+    files = list_inputs([str(d)])
+    assert len(files) == 300
+    units = plan_units(files, rows_per_unit=200)
+    assert len(units) == 5 and [u.total_rows for u in units] == [198, 198, 198, 198, 108]
+    assert sum(len(u.uris) for u in units) == 300
+    # reading a packed unit gives every file's rows in listing order, with their own source and row
+    t = read_unit(units[0], TextSettings(id_column="id"))
+    assert t.num_rows == 198
+    assert t.column("id").to_pylist()[:4] == ["f0000-0", "f0000-1", "f0000-2", "f0001-0"]
+    assert t.column("_row").to_pylist()[:4] == [0, 1, 2, 0]
+    assert t.column("source").to_pylist()[3] == str(d / "f0001.parquet")
+    # the unit survives its trip to an actor (a plain dict) unchanged
+    from elmo_dist.stages.read import Unit
+
+    assert Unit.from_dict(units[0].to_dict()) == units[0]
+    # without packing (refresh: one file per unit), every file is its own unit, as before
+    alone = plan_units(files, rows_per_unit=200, pack=False)
+    assert len(alone) == 300 and alone[0].unit_id == plan_units(files[:1], rows_per_unit=200)[0].unit_id
+
+
+def test_big_files_are_not_packed_and_keep_their_ids(tmp_path):
+    _write(tmp_path / "a.parquet", 25, 10)
+    _write(tmp_path / "b.parquet", 4, 10)
+    _write(tmp_path / "c.parquet", 3, 10)
+    files = list_inputs([str(tmp_path)])
+    units = plan_units(files, rows_per_unit=12)
+    # a (25 rows) is cut by row groups; b and c (7 rows together) share one unit
+    assert [u.total_rows for u in units] == [10, 10, 5, 7]
+    assert units[:3] == plan_units(files[:1], rows_per_unit=12)
+    assert units[3].uris == [files[1].uri, files[2].uri]
+
+
+def test_slice_of_a_big_row_group_reads_only_its_rows(tmp_path):
+    _write(tmp_path / "big.parquet", 100, 100)
+    files = list_inputs([str(tmp_path / "big.parquet")])
+    units = plan_units(files, rows_per_unit=30)
+    assert [(u.offset, u.num_rows) for u in units] == [(0, 30), (30, 30), (60, 30), (90, 10)]
+    got = [r for u in units for r in read_unit(u, TextSettings(id_column="id")).column("id").to_pylist()]
+    assert got == [f"big-{i}" for i in range(100)]
+    assert read_unit(units[1], TextSettings(id_column="id")).column("_row").to_pylist()[0] == 30
+
+
+def test_units_are_capped_by_bytes(tmp_path):
+    _write(tmp_path / "a.parquet", 40, 10)
+    files = list_inputs([str(tmp_path / "a.parquet")])
+    sizes = files[0].group_bytes
+    assert len(sizes) == 4 and min(sizes) > 0
+    cap = sizes[0] + sizes[1]  # the first two row groups fit exactly, a third never does
+    units = plan_units(files, rows_per_unit=1000, bytes_per_unit=cap)
+    assert sum(u.num_rows for u in units) == 40 and len(units) >= 2 and units[0].num_rows == 20
+    for u in units:
+        assert sum(sizes[g] for g in u.row_groups) <= cap
