@@ -93,3 +93,33 @@ def test_bad_config_file_names_the_field(tmp_path, capsys):
     cfg.write_text("embedding:\n  pooling: median\n")
     assert main(["embed", "x.parquet", "--output", str(tmp_path / "o"), "--config", str(cfg)]) == 2
     assert "embedding.pooling" in capsys.readouterr().err
+
+
+def test_every_flag_the_readme_shows_exists_for_its_command():
+    """README -> CLI: a `--flag` on a line that runs `elmo-dist <command>` is a flag of that command."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    subs = _subcommands()
+    checked = 0
+    for line in readme.splitlines():
+        for name, sub in subs.items():
+            m = re.search(rf"elmo-dist {name}\b(.*)", line)
+            if not m:
+                continue
+            flags = {a for a in sub._option_string_actions if a.startswith("--")}
+            for flag in re.findall(r"(--[a-z][a-z-]+)", m.group(1).split("#")[0]):
+                assert flag in flags, f"README shows `elmo-dist {name} ... {flag}`, which it does not have"
+                checked += 1
+    assert checked > 15
+
+
+def test_cli_reference_is_current_and_complete():
+    """CLI -> docs: docs/cli.md is the parser's own help for every command (so every flag of every
+    command is documented); regenerate with `python -m elmo_dist.cli.reference > docs/cli.md`."""
+    from elmo_dist.cli.reference import render
+
+    text = render()
+    assert open(os.path.join(ROOT, "docs", "cli.md")).read() == text
+    for name, sub in _subcommands().items():
+        assert f"## elmo-dist {name}" in text
+        for flag in (a for a in sub._option_string_actions if a.startswith("--")):
+            assert flag in text
