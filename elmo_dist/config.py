@@ -76,7 +76,10 @@ class RunSettings(BaseModel):
 
     address: str | None = Field(None, description="Ray address ('auto' joins `ray start`); none: RAY_ADDRESS or a local runtime")
     num_actors: int | None = Field(None, ge=1, description="embedding actors (default: sized from the cluster)")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each embedding actor reserves (CPU mode)")
+    cpus_per_actor: float | None = Field(
+        None, gt=0, description="CPUs (and torch threads) of each embedding actor; default: CPU actors take a "
+                                "node's CPUs up to 4 (so a 2-core machine runs one actor on both cores), "
+                                "GPU actors 1 CPU")
     num_gpus_per_actor: float | None = Field(
         None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(

@@ -135,19 +135,27 @@ def init_ray(address: str | None) -> None:
                  configure_logging=False)
 
 
+CPU_THREADS_PER_ACTOR = 4  # torch scales sublinearly past a few threads: more actors instead
+
+
 def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
-    """How many actors, and what each asks for, from the cluster's resources."""
+    """How many actors, and what each asks for, from the cluster's resources.
+
+    CPU actors take ``cpus_per_actor`` CPUs and as many torch threads; by default a node's CPUs up
+    to ``CPU_THREADS_PER_ACTOR`` (one actor per 2-core machine, on both cores: the actors read and
+    prepare their units themselves, overlapped with the model, so no CPU is kept aside).
+    """
     import ray
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+    node_cpus = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [cpus])
     g = cfg.run.num_gpus_per_actor if cfg.run.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
     if g > 0:
-        c = min(cfg.run.cpus_per_actor, 1.0)
+        c = min(cfg.run.cpus_per_actor or 1.0, max(node_cpus, 1.0))
         n = cfg.run.num_actors or max(1, int(gpus // g))
     else:
-        c = cfg.run.cpus_per_actor
-        # The actors read and prepare their units themselves: no task needs a CPU of its own.
+        c = cfg.run.cpus_per_actor or float(max(1, min(int(node_cpus), CPU_THREADS_PER_ACTOR)))
         n = cfg.run.num_actors or max(1, int(max(cpus, c) // c))
     n = max(1, min(n, n_units))
     threads = cfg.run.torch_threads or max(1, math.ceil(c))
