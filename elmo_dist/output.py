@@ -383,3 +383,43 @@ def _verify_refresh(fs: pafs.FileSystem, root: str, directory: str, manifest: di
         _deep_check(fs, root, [{"path": f, "rows": None} for f in files if f in sizes], report,
                     manifest.get("config_fingerprint"))
     return report
+
+
+# ---- status ---------------------------------------------------------------------------------
+
+def status(directory: str) -> dict[str, Any]:
+    """Progress of a running or finished `embed` job: units done of planned, rows, tokens, per node,
+    the last runs' throughput, and who holds the output's lease (a running driver)."""
+    import collections
+
+    fs, root = filesystem(directory)
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        raise OutputError(f"{storage.redact(directory)}: no such output directory")
+    state = JobState(directory)
+    if not state.exists():
+        raise OutputError(f"{storage.redact(directory)}: not an `elmo-dist embed` output (no {JOB_DIR}/config.json)")
+    scan = state.scan()
+    per_node: dict[str, collections.Counter] = {}
+    totals: collections.Counter = collections.Counter()
+    for rec in scan.records.values():
+        node = rec.get("node") or {}
+        c = per_node.setdefault(node.get("host") or node.get("node_id") or "unknown", collections.Counter())
+        st = rec.get("stats") or {}
+        for key in ("rows", "sentences", "tokens", "embed_seconds"):
+            c[key] += st.get(key, 0)
+            totals[key] += st.get(key, 0)
+        c["units"] += 1
+    lease = read_json(fs, posixpath.join(root, "_lease.json"))
+    stats = state.stats() or {}
+    planned = len(scan.planned)
+    done = len(set(scan.planned) & set(scan.records))
+    return {
+        "directory": storage.redact(directory), "units_planned": planned, "units_done": done,
+        "complete": bool(planned) and done == planned, "invalid_records": len(scan.invalid),
+        "rows": int(totals["rows"]), "sentences": int(totals["sentences"]), "tokens": int(totals["tokens"]),
+        "per_node": {h: {k: (round(v, 1) if isinstance(v, float) else int(v)) for k, v in c.items()}
+                     for h, c in sorted(per_node.items())},
+        "running": {"owner": lease.get("owner"), "until": lease.get("expires_at")} if isinstance(lease, dict) else None,
+        "runs": [{k: r.get(k) for k in ("finished", "host", "units", "tokens", "seconds", "tokens_per_second")}
+                 for r in stats.get("runs", [])[-5:]],
+    }

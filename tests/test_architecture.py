@@ -136,7 +136,7 @@ def test_help_does_not_import_torch_or_ray():
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("command", ["embed", "refresh", "verify", "search", "elmo", "export", "train"])
+@pytest.mark.parametrize("command", ["embed", "refresh", "verify", "status", "search", "elmo", "export", "train"])
 def test_every_subcommand_help_is_fast_and_torch_free(command):
     code = ("import sys\nfrom elmo_dist.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit:\n    pass\n"
             "print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))" % command)

@@ -109,6 +109,18 @@ def test_records_list_shards_with_size_rows_and_node(finished):
     assert stats["duplicate_ids"] == 0 and len(stats["runs"]) == 1 and stats["runs"][0]["units"] == 4
 
 
+def test_status_of_a_finished_job(finished, capsys):
+    from elmo_dist.output import status
+
+    out, vecs = finished
+    st = status(str(out))
+    assert st["complete"] and st["units_done"] == st["units_planned"] == 4 and st["sentences"] == len(vecs)
+    assert list(st["per_node"]) == [socket.gethostname()] and st["per_node"][socket.gethostname()]["units"] == 4
+    assert st["running"] is None and st["runs"][0]["units"] == 4 and st["runs"][0]["tokens_per_second"] > 0
+    assert main(["status", str(out)]) == 0
+    assert "4 of 4 units done (complete)" in capsys.readouterr().out
+
+
 def test_torn_record_is_redone(finished, corpus, tmp_path, tiny_dir, ray_runtime, capsys):
     d, _ = corpus
     out = _copy(finished, tmp_path)

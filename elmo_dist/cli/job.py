@@ -135,6 +135,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_PROBLEMS
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from elmo_dist.output import status
+
+    st = status(args.directory)
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return EXIT_OK
+    print(f"{st['directory']}: {st['units_done']} of {st['units_planned']} units done"
+          + (" (complete)" if st["complete"] else "") + f"; {st['rows']} rows, {st['sentences']} sentences, "
+          f"{st['tokens']} tokens" + (f"; {st['invalid_records']} invalid record(s)" if st["invalid_records"] else ""))
+    if st["running"]:
+        print(f"running: lease held by {st['running']['owner']} until {st['running']['until']}")
+    for host, c in st["per_node"].items():
+        tps = c["tokens"] / c["embed_seconds"] if c.get("embed_seconds") else 0
+        print(f"  {host}: {c['units']} units, {c['tokens']} tokens, {tps:.0f} tokens/s embedding")
+    for r in st["runs"]:
+        print(f"  run finished {r['finished']} on {r['host']}: {r['units']} units, {r['tokens']} tokens, "
+              f"{r['tokens_per_second']} tokens/s")
+    return EXIT_OK
+
+
 def register(sub) -> None:
     e = sub.add_parser("embed", help="embed a Parquet corpus (resumable)",
                        description="Embed a Parquet corpus into sentence (and token) embedding shards. "
@@ -162,3 +183,11 @@ def register(sub) -> None:
                    help="also read every shard's footer: readable, row count as recorded, written by this job")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(func=cmd_verify)
+
+    st = sub.add_parser("status", help="progress of a running or finished job: units done, tokens, per node",
+                        description="Show the progress of an `elmo-dist embed` output, running or finished: units "
+                                    "done of planned, rows, sentences, tokens, per node, the last runs' throughput "
+                                    "and the driver holding its lease.")
+    st.add_argument("directory", metavar="DIR", help="output directory of `elmo-dist embed` (local or s3://)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+    st.set_defaults(func=cmd_status)
