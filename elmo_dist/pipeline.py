@@ -77,10 +77,15 @@ class EmbedWriter:
     """
 
     def __init__(self, cfg: JobConfig, metadata: dict[str, Any], actor: dict[str, Any],
-                 job_dir: str = JOB_DIR, subdir: str = ""):
+                 job_dir: str = JOB_DIR, subdir: str = "", s3: storage.S3Settings | None = None):
         from elmo_dist.stages.embed import Embedder, pick_device
 
         import ray
+
+        if s3:  # before any filesystem is made: the driver's S3 settings where the node has none
+            added = s3.apply()
+            if added:
+                logger.info("using the driver's S3 settings on this node: %s", ", ".join(sorted(added)))
 
         self.device = pick_device(actor["num_gpus"])
         self.gpu_ids = [int(g) if str(g).isdigit() else g for g in ray.get_gpu_ids()]
@@ -286,7 +291,9 @@ def embed_units(cfg: JobConfig, metadata: dict[str, Any], pending: list[Unit], s
         compute=ActorPoolStrategy(size=actors["actors"], max_tasks_in_flight_per_actor=2,
                                   max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
         num_cpus=actors["num_cpus"], num_gpus=actors["num_gpus"],
-        fn_constructor_kwargs=dict(cfg=cfg, metadata=metadata, actor=actors, job_dir=state.job_dir, subdir=subdir),
+        fn_constructor_kwargs=dict(cfg=cfg, metadata=metadata, actor=actors, job_dir=state.job_dir, subdir=subdir,
+                                   # the driver's AWS settings reach workers of nodes started without them
+                                   s3=storage.S3Settings.from_environ(dict(os.environ))),
     )
     t0, n_done, tokens = time.perf_counter(), 0, 0
     for row in _user_errors_unwrapped(ds.iter_rows()):

@@ -132,6 +132,47 @@ def is_within(path: str, parent: str) -> bool:
     return p == q or p.startswith(q.rstrip("/") + "/")
 
 
+# ---- S3 settings for the workers ------------------------------------------------------------
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+          "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED",
+          "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+_SECRET_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
+class S3Settings:
+    """The driver's S3 settings, carried to the workers of a cluster whose nodes were started
+    without them (Ray workers do not inherit the driver's environment).
+
+    It travels as an actor constructor argument (Ray's object store: not in the dashboard, the job's
+    runtime_env or any file of ours), prints its keys only, and a worker applies it without
+    overriding what its own node set (``apply``): node-level credentials (instance roles, IRSA, a
+    profile on the node) win, and are the right choice on real clusters.
+    """
+
+    def __init__(self, values: dict[str, str]):
+        self._values = {k: v for k, v in values.items() if k in S3_ENV and v}
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str]) -> "S3Settings":
+        return cls({k: environ[k] for k in S3_ENV if environ.get(k)})
+
+    def __repr__(self) -> str:
+        shown = [k if k not in _SECRET_ENV else f"{k}=***" for k in sorted(self._values)]
+        return f"S3Settings({', '.join(shown)})"
+
+    def __bool__(self) -> bool:
+        return bool(self._values)
+
+    def apply(self, environ=None) -> list[str]:
+        """Set the settings this process lacks; returns the names set (never the values)."""
+        environ = os.environ if environ is None else environ
+        added = [k for k in self._values if not environ.get(k)]
+        for k in added:
+            environ[k] = self._values[k]
+        return added
+
+
 # ---- reading ----------------------------------------------------------------------------------
 
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes | None:

@@ -212,6 +212,8 @@ def ray_head():
     env = dict(os.environ)
     for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_TMPDIR"):
         env.pop(k, None)
+    for k in [k for k in env if k.startswith("AWS_")]:  # the head's node knows no S3 settings
+        env.pop(k)
     env.update({
         "RAY_AUTH_MODE": "token",             # Ray 2.60 clients send the token only in token mode
         "RAY_AUTH_TOKEN_PATH": str(token),    # this head's token, not ~/.ray/auth_token
@@ -265,6 +267,30 @@ def test_embed_joins_the_head(ray_head, tmp_path, how):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     _check_output(out)
     assert any(str(out) in e for e in _drivers(ray_head)), "the run did not join this head"
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(1200)
+def test_s3_from_workers_of_a_node_started_without_aws_settings(ray_head, tmp_path, s3_endpoint):
+    """The head was started with no AWS_* variables (its workers cannot find the moto endpoint on
+    their own); the driver has them and passes them on: S3 in and out works from the actors."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    assert not any(k.startswith("AWS_") for k in ray_head.env)
+    bucket = s3_endpoint()
+    fs = pafs.S3FileSystem(endpoint_override=s3_endpoint.endpoint, region="us-east-1")
+    sample = pq.read_table(REPO / CORPUS_REL).slice(0, 12)
+    pq.write_table(sample, f"{bucket}/in/a.parquet", filesystem=fs)
+    env = {**ray_head.env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")}}
+    r = _run([_tool("elmo-dist"), "embed", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out",
+              "--id-column", "id", "--model", MODEL_REL, "--address", ray_head.gcs_address], env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from elmo_dist import read_embeddings
+
+    assert set(read_embeddings(f"s3://{bucket}/out").to_table()["id"].to_pylist()) == set(sample["id"].to_pylist())
+    assert os.environ["AWS_SECRET_ACCESS_KEY"] not in r.stdout + r.stderr
 
 
 @pytest.mark.timeout(1200)
