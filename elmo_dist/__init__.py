@@ -12,6 +12,10 @@ def __getattr__(name: str):  # lazy: importing elmo_dist must not import torch
         from elmo_dist.model.elmo import Elmo
 
         return Elmo
+    if name == "Postprocessor":
+        from elmo_dist.similarity import Postprocessor
+
+        return Postprocessor
     if name == "read_embeddings":
         from elmo_dist.output import read_embeddings
 
@@ -19,4 +23,4 @@ def __getattr__(name: str):  # lazy: importing elmo_dist must not import torch
     raise AttributeError(name)
 
 
-__all__ = ["Elmo", "default_model_path", "read_embeddings", "__version__"]
+__all__ = ["Elmo", "Postprocessor", "default_model_path", "read_embeddings", "__version__"]

@@ -7,6 +7,8 @@ The only module that knows the ``_job/`` layout:
   units/ID.json completion record of a unit, written only after its shards are durable:
                 ``{unit, files: [{path, size, rows}], stats, node}``
   stats.json    the summary of the output, and one entry per run (a no-op rerun appends)
+  moments/ID.npz  the unit's sentence-vector moments (count, sum, outer products), written before
+                its record; merged into moments.npz and the fitted postprocessor.npz at the end
 
 A unit counts as done only when its record parses, names this unit, and every shard it lists
 exists with the recorded size. A torn or unreadable record, or a record whose shard is missing or
@@ -32,6 +34,7 @@ from elmo_dist.config import JobConfig
 logger = logging.getLogger(__name__)
 
 JOB_DIR = "_job"  # job metadata of an `embed` output
+POSTPROCESSOR = "postprocessor.npz"  # the post-processor fitted on the output's sentence vectors
 _READERS = 16  # parallel record reads (S3 latency)
 
 
@@ -207,6 +210,43 @@ class JobState:
     def records(self) -> list[dict[str, Any]]:
         scan = self.scan()
         return [scan.records[u] for u in sorted(scan.records)]
+
+    # ---- post-processing statistics ------------------------------------------------------
+
+    def write_unit_moments(self, unit_id: str, data: bytes) -> None:
+        storage.write_bytes(self.fs, self._path("moments", f"{unit_id}.npz"), data)
+
+    def merged_moments(self, unit_ids: list[str]):
+        """The merged ``similarity.Moments`` of ``unit_ids``; None when any unit has none (outputs
+        written before moments existed)."""
+        from elmo_dist.similarity import Moments
+
+        def load(uid: str):
+            data = storage.read_bytes(self.fs, self._path("moments", f"{uid}.npz"))
+            return None if data is None else Moments.from_bytes(data)
+
+        with concurrent.futures.ThreadPoolExecutor(min(_READERS, max(1, len(unit_ids)))) as pool:
+            parts = list(pool.map(load, unit_ids))
+        if not parts or any(p is None for p in parts):
+            return None
+        total = parts[0]
+        for p in parts[1:]:
+            total = total + p
+        return total
+
+    def has_postprocessor(self) -> bool:
+        return self.fs.get_file_info(self._path(POSTPROCESSOR)).type == pafs.FileType.File
+
+    def postprocessor(self):
+        """The fitted ``similarity.Postprocessor`` of this output, or None."""
+        from elmo_dist.similarity import Postprocessor
+
+        data = storage.read_bytes(self.fs, self._path(POSTPROCESSOR))
+        return None if data is None else Postprocessor.from_bytes(data)
+
+    def write_postprocessing(self, moments, postprocessor) -> None:
+        storage.write_bytes(self.fs, self._path("moments.npz"), moments.to_bytes())
+        storage.write_bytes(self.fs, self._path(POSTPROCESSOR), postprocessor.to_bytes())
 
     # ---- stats ---------------------------------------------------------------------------
 

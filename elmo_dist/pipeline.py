@@ -116,11 +116,37 @@ class EmbedWriter:
                 embedded, estats = self.embedder(table)
             t0 = time.perf_counter()
             files = write_unit(embedded, self.output, row["unit_id"], self.schema, subdir=self.subdir)
+            self.state.write_unit_moments(row["unit_id"], unit_moments(embedded).to_bytes())
             stats.update(estats, write_seconds=time.perf_counter() - t0, files=len(files),
                          device=self.device, gpu_ids=self.gpu_ids)
             self.state.record(row["unit_id"], files, stats, node=self.node)
             out.append({"unit_id": row["unit_id"], "stats": json.dumps(stats)})
         return pa.Table.from_pylist(out)
+
+
+def unit_moments(table: pa.Table):
+    """Moments of a unit's sentence vectors as stored (what post-processing is fitted on)."""
+    from elmo_dist.similarity import Moments
+
+    col = table.column(S.SENTENCE_EMBEDDING)
+    dim = col.type.list_size
+    flat = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return Moments.of(flat.reshape(-1, dim)) if len(col) else Moments.zeros(dim)
+
+
+def fit_postprocessing(state: JobState, unit_ids: list[str]) -> str | None:
+    """Merge the units' moments, fit the default post-processor, store both beside the output."""
+    from elmo_dist.similarity import Postprocessor
+
+    moments = state.merged_moments(unit_ids)
+    if moments is None or moments.n < 2:
+        logger.warning("no sentence-vector moments for some units (written by an older version?): "
+                       "no post-processor fitted")
+        return None
+    pp = Postprocessor.fit(moments)
+    state.write_postprocessing(moments, pp)
+    logger.info("post-processing: %r stored with the output", pp)
+    return pp.method
 
 
 # ---- the job ---------------------------------------------------------------------------------
@@ -235,6 +261,10 @@ def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:
             summary["duplicate_ids"] = count_duplicate_ids(state, scan.files()) if cfg.text.id_column else 0
         else:
             summary["duplicate_ids"] = previous["duplicate_ids"]
+        if run_stats.get("new_units") or not state.has_postprocessor():
+            summary["postprocessor"] = fit_postprocessing(state, scan.planned)
+        else:
+            summary["postprocessor"] = previous.get("postprocessor")
         if summary["duplicate_ids"]:
             logger.warning("%d id(s) appear on more than one input row (counted in stats.json)",
                            summary["duplicate_ids"])

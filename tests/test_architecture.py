@@ -14,7 +14,7 @@ PKG = os.path.join(ROOT, "elmo_dist")
 # Layers from the bottom up: a module may import its own layer or a lower one, never a higher one.
 LAYERS = [
     {"elmo_dist.errors", "elmo_dist.paths", "elmo_dist.schema", "elmo_dist.storage", "elmo_dist.config"},
-    {"elmo_dist.text"},
+    {"elmo_dist.text", "elmo_dist.similarity"},
     {"elmo_dist.model"},
     {"elmo_dist.stages", "elmo_dist.checkpoint", "elmo_dist.lease", "elmo_dist.output"},
     {"elmo_dist.pipeline"},

@@ -93,6 +93,22 @@ def test_actors_tokenize_like_the_library(finished, corpus):
     assert got == {i: tok(text) for i, text in rows if tok(text)}
 
 
+def test_postprocessor_is_fitted_on_the_output(finished):
+    from elmo_dist.similarity import Postprocessor
+
+    out, vecs = finished
+    pp = JobState(str(out)).postprocessor()
+    assert pp is not None and pp.method == "center" and pp.n == len(vecs)
+    x = np.stack(list(vecs.values()))
+    np.testing.assert_allclose(pp.mean, x.mean(axis=0), atol=1e-5)
+    ref = Postprocessor.fit(x, "abtt", k=2).transform(x)
+    from elmo_dist.similarity import Moments
+
+    m = Moments.from_bytes((out / "_job" / "moments.npz").read_bytes())
+    np.testing.assert_allclose(Postprocessor.fit(m, "abtt", k=2).transform(x), ref, atol=1e-4)
+    assert json.load(open(out / "_job" / "stats.json"))["postprocessor"] == "center"
+
+
 def test_records_list_shards_with_size_rows_and_node(finished):
     out, vecs = finished
     records = JobState(str(out)).records()
@@ -138,6 +154,13 @@ def test_torn_record_is_redone(finished, corpus, tmp_path, tiny_dir, ray_runtime
     assert main(["verify", str(out), "--deep"]) == 0
     stats = json.load(open(out / "_job" / "stats.json"))
     assert [r["units"] for r in stats["runs"]] == [4, 1]
+    # the post-processing statistics are those of a run in one go (each unit counted once)
+    from elmo_dist.similarity import Moments
+
+    whole = Moments.from_bytes((finished[0] / "_job" / "moments.npz").read_bytes())
+    again_m = Moments.from_bytes((out / "_job" / "moments.npz").read_bytes())
+    assert again_m.n == whole.n == len(finished[1])
+    np.testing.assert_allclose(again_m.outer, whole.outer, rtol=1e-12)
 
 
 def test_cut_shard_is_noticed_and_redone(finished, corpus, tmp_path, tiny_dir, ray_runtime):
