@@ -32,6 +32,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from elmo_dist import storage
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.stages.read import InputError
 
 logger = logging.getLogger(__name__)
@@ -219,7 +220,7 @@ def load_model(model: str | None = None, options_file: str | None = None, weight
 
 def embed_file(input_path: str, output_path: str, layers: Layers = "all", *, model: str | None = None,
                options_file: str | None = None, weight_file: str | None = None, elmo=None,
-               batch_size: int = 64, token_budget: int = 4096, forget_sentences: bool = False,
+               batch_size: int = 64, token_budget: int = DEFAULT_TOKEN_BUDGET, forget_sentences: bool = False,
                use_sentence_keys: bool = False, device: str = "cpu",
                compute_dtype: str = "float32") -> dict[str, Any]:
     """AllenNLP's ``elmo`` command: a text file, one sentence per line, split on whitespace (tokens are

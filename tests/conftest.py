@@ -1,10 +1,17 @@
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+# The build tooling in tools/ (not part of the installed package) is imported by module name in
+# tests/tools/; set here, in the one conftest, so that `conftest` always names this module.
+_TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
 TINY = os.path.join(FIXTURES, "elmo-tiny-f1")
 
 

@@ -134,13 +134,18 @@ def _wait_port(port: int, timeout: float) -> bool:
 
 
 def ray_env(root: Path, *, keep_aws: bool = False) -> dict[str, str]:
-    """The environment of a runtime of our own: a private token under ``root``, token auth, loopback."""
+    """The environment of a runtime of our own: a private token under ``root``, token auth.
+
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` is removed, not set to 0: at 0 Ray 2.60's `ray start` refuses
+    to start a worker node ("Multi-node Ray clusters are not supported on Windows and OSX"). Loopback
+    comes from ``--node-ip-address 127.0.0.1`` on every node (checked in ``Cluster.wait_nodes``)."""
     token = root / "auth_token"
     if not token.exists():
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
     env = dict(os.environ)
-    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_TMPDIR"):
+    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_TMPDIR",
+              "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(k, None)
     if not keep_aws:
         for k in [k for k in env if k.startswith("AWS_")]:  # the nodes know no S3 settings
@@ -148,7 +153,6 @@ def ray_env(root: Path, *, keep_aws: bool = False) -> dict[str, str]:
     env.update({
         "RAY_AUTH_MODE": "token",                  # Ray 2.60 clients send the token only in token mode
         "RAY_AUTH_TOKEN_PATH": str(token),         # this runtime's token, not ~/.ray/auth_token
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # with --node-ip-address: stay on 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
     })
@@ -238,6 +242,16 @@ class Node:
                 return pid
         return None
 
+    def raylet_node_id(self) -> str | None:
+        """The node id the raylet was started with (``--node_id=HEX`` on its command line)."""
+        pid = self.raylet_pid()
+        if pid is None:
+            return None
+        for arg in _proc_table().get(pid, (0, ""))[1].split():
+            if arg.startswith("--node_id="):
+                return arg.split("=", 1)[1]
+        return None
+
     def __repr__(self) -> str:
         return f"Node({self.name}, {self.node_id[:8] or '?'}, {self.temp_dir})"
 
@@ -251,7 +265,7 @@ class Cluster:
 
     def __init__(self, root: Path | None = None, *, workers: int = 2, head_cpus: int = 0, worker_cpus: int = 1,
                  object_store_mb: int = 200, env: dict[str, str] | None = None, attempts: int = HEAD_ATTEMPTS,
-                 start_timeout: float = START_TIMEOUT):
+                 start_timeout: float = START_TIMEOUT, node_ip: str = "127.0.0.2"):
         # short: AF_UNIX socket paths under a temp dir must stay < 108 bytes
         self.own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="elmo-rc-", dir="/tmp")) if root is None else Path(root)
@@ -259,6 +273,7 @@ class Cluster:
         self.object_store = object_store_mb << 20
         self.env = env if env is not None else ray_env(self.root)
         self.attempts, self.start_timeout = attempts, start_timeout
+        self.node_ip = node_ip
         self.head: Node | None = None
         self.workers: list[Node] = []
         self.retired: list[Node] = []  # killed workers (their leftovers are swept at stop)
@@ -300,7 +315,7 @@ class Cluster:
             temp_dir = Path(tempfile.mkdtemp(prefix=f"{name}{self._count}-", dir=self.root))
             ports = dict(zip(keys, _free_ports(len(keys))))
             node = Node(name, temp_dir, ports, num_cpus)
-            cmd = [_tool("ray"), "start", "--temp-dir", str(temp_dir), "--node-ip-address", "127.0.0.1",
+            cmd = [_tool("ray"), "start", "--temp-dir", str(temp_dir), "--node-ip-address", self.node_ip,
                    "--num-cpus", str(num_cpus), "--object-store-memory", str(self.object_store),
                    "--disable-usage-stats", "--node-manager-port", str(ports["node_manager"]),
                    "--object-manager-port", str(ports["object_manager"]),
@@ -387,19 +402,14 @@ class Cluster:
         else:
             raise ClusterError(f"{len(nodes)} alive node(s), expected {n}, after {timeout:.0f} s {last}")
         ips = {x.get("node_ip") for x in nodes}
-        if ips != {"127.0.0.1"}:
-            raise ClusterError(f"nodes registered with {ips}, expected only 127.0.0.1")
-        by_port = {int(x.get("raylet_port") or x.get("node_manager_port") or 0): x for x in nodes}
+        if ips != {self.node_ip}:
+            raise ClusterError(f"nodes registered with {ips}, expected only {self.node_ip}")
+        alive = {x["node_id"] for x in nodes}
         for node in [self.head, *self.workers]:
-            x = by_port.get(node.ports["node_manager"]) if node else None
-            if node and x:
-                node.node_id = x["node_id"]
-        if not all(node.node_id for node in [self.head, *self.workers] if node):
-            # `ray list nodes` may not show ports: fall back to the node name each raylet registered
-            for x in nodes:
-                for node in [self.head, *self.workers]:
-                    if not node.node_id and str(node.temp_dir) in json.dumps(x):
-                        node.node_id = x["node_id"]
+            if node is not None and not node.node_id:
+                node.node_id = node.raylet_node_id() or ""
+            if node is not None and node.node_id not in alive:
+                raise ClusterError(f"{node} is not among the alive nodes")
         return nodes
 
     # ---- kill / stop ----

@@ -25,8 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,162 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CORPUS_REL = "elmo_dist/data/sample_corpus.parquet"
 MODEL_REL = "tests/fixtures/elmo-tiny-f1"
-HEAD_ATTEMPTS = 3
-START_TIMEOUT = 240  # `ray start` alone takes 20-50 s on a loaded 2-core machine
 RUN_TIMEOUT = 480
 
 
-def _tool(name: str) -> str:
-    path = BIN / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free ports from the kernel's ephemeral range (outside Ray's worker ports 10002-19999)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _proc_table() -> dict[int, tuple[int, str]]:
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(d)] = (ppid, cmd)
-    return table
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _head_pids(markers: list[str]) -> set[int]:
-    """Processes of this head: command lines naming its temp dir or GCS address, and their descendants
-    (workers and agents rename themselves, e.g. ``ray::IDLE``, but are children of the raylet)."""
-    table = _proc_table()
-    mine = {p for p, (_, cmd) in table.items() if any(m in cmd for m in markers)}
-    grew = True
-    while grew:
-        grew = False
-        for pid, (ppid, _) in table.items():
-            if ppid in mine and pid not in mine:
-                mine.add(pid)
-                grew = True
-    # never this process or its ancestors
-    pid = os.getpid()
-    while pid > 1 and pid in table:
-        mine.discard(pid)
-        pid = table[pid][0]
-    return mine
-
-
-def _kill_head(markers: list[str], grace: float = 10.0) -> None:
-    for _ in range(3):  # a second sweep catches processes started while the first one ran
-        pids = _head_pids(markers)
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-        deadline = time.time() + grace
-        while time.time() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.5)
-        for pid in pids:
-            if _alive(pid):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        time.sleep(1)
-
-
-def _raylet_reason(temp_dir: Path) -> str:
-    lines: list[str] = []
-    for f in sorted(temp_dir.glob("session_*/logs/raylet.out")):
-        for ln in f.read_text(errors="replace").splitlines():
-            if "Check failed" in ln and ln not in lines:
-                lines.append(ln)
-    reasons = [ln.split("Check failed", 1)[1][:300] for ln in lines]
-    return "\n".join(reasons) or "(no 'Check failed' in raylet.out)"
-
-
-def _wait_port(port: int, timeout: float) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with socket.socket() as s:
-            s.settimeout(1)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return True
-        time.sleep(1)
-    return False
-
-
-class Head:
-    def __init__(self, root: Path, env: dict[str, str]):
-        self.root, self.env = root, env
-        self.temp_dir: Path | None = None
-        self.gcs_address = self.dashboard_url = ""
-        self.markers: list[str] = []
-        self.attempts: list[str] = []
-
-    def start(self) -> None:
-        for attempt in range(1, HEAD_ATTEMPTS + 1):
-            self.temp_dir = Path(tempfile.mkdtemp(prefix=f"h{attempt}-", dir=self.root))
-            (gcs, dash, agent_http, agent_grpc, metrics, rt_env, client, nm, om) = _free_ports(9)
-            self.markers = [str(self.temp_dir), f":{gcs} "]
-            cmd = [_tool("ray"), "start", "--head", "--temp-dir", str(self.temp_dir),
-                   "--num-cpus", "2", "--disable-usage-stats", "--dashboard-host", "127.0.0.1",
-                   "--port", str(gcs), "--dashboard-port", str(dash),
-                   "--dashboard-agent-listen-port", str(agent_http),
-                   "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-                   "--runtime-env-agent-port", str(rt_env), "--ray-client-server-port", str(client),
-                   "--node-manager-port", str(nm), "--object-manager-port", str(om)]
-            t0 = time.time()
-            try:
-                r = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=START_TIMEOUT)
-                out, ok = r.stdout + r.stderr, r.returncode == 0
-            except subprocess.TimeoutExpired as e:
-                out, ok = f"timed out after {START_TIMEOUT}s: {e.stdout!r}", False
-            address_file = self.temp_dir / "ray_current_cluster"
-            if ok and address_file.exists():
-                self.gcs_address = address_file.read_text().strip()
-                self.markers = [str(self.temp_dir), f"={self.gcs_address}", f" {self.gcs_address}"]
-                self.dashboard_url = f"http://127.0.0.1:{dash}"
-                # `ray job submit` needs the agent's HTTP server; it may come up after `ray start` returns.
-                if _wait_port(agent_http, 120):
-                    self.attempts.append(f"attempt {attempt}: up in {time.time() - t0:.0f}s")
-                    return
-                out += "\n(dashboard agent HTTP port never opened)"
-            tail = "\n".join(out.strip().splitlines()[-3:])
-            self.attempts.append(f"attempt {attempt} failed after {time.time() - t0:.0f}s:\n{tail}\n"
-                                 f"raylet: {_raylet_reason(self.temp_dir)}")
-            self.stop()
-        pytest.fail("could not start a Ray head:\n" + "\n".join(self.attempts))
-
-    def stop(self) -> None:
-        if self.markers:
-            _kill_head(self.markers)
+# the head and process helpers live in tests/raycluster.py (shared with test_multinode.py and bench/chaos.py)
+from raycluster import Head, _head_pids, _tool  # noqa: E402
 
 
 @pytest.fixture(scope="module")

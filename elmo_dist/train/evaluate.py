@@ -43,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def representations(elmo, layers: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def doc_layers(elmo, docs: Sequence[Sequence[Sequence[str]]], token_budget: int = 4096) -> np.ndarray:
+def doc_layers(elmo, docs: Sequence[Sequence[Sequence[str]]], token_budget: int = DEFAULT_TOKEN_BUDGET) -> np.ndarray:
     """Per-layer mean over all tokens of each document (a list of tokenized sentences): (N, L+1, D).
 
     A document with no token gets zeros.
@@ -285,7 +286,7 @@ def split_sentiment(rows: list[tuple[str, int]], cap: int, seed: int = SEED, tes
     return np.setdiff1d(keep, te), te
 
 
-def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budget: int = 4096,
+def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budget: int = DEFAULT_TOKEN_BUDGET,
                   seed: int = SEED) -> dict:
     from elmo_dist.text.tokenize import Tokenizer
 
@@ -316,7 +317,7 @@ def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budg
 
 
 # ---- task 3: document similarity -------------------------------------------------------------
-def run_similarity(elmo, docs: list[str], human: np.ndarray, token_budget: int = 4096) -> dict:
+def run_similarity(elmo, docs: list[str], human: np.ndarray, token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict:
     from elmo_dist.text.tokenize import Tokenizer
 
     tok = Tokenizer(sentence_split="pysbd")
@@ -383,7 +384,7 @@ def _version(dist: str) -> str | None:
 def evaluate(model_dir: str, tasks: Sequence[str] = TASKS, *,
              sentiment: tuple[list[tuple[str, int]], dict] | None = None,
              similarity: tuple[list[str], np.ndarray, dict] | None = None,
-             rt_cap: int = 6000, token_budget: int = 4096) -> dict:
+             rt_cap: int = 6000, token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict:
     """Score the model in ``model_dir`` on ``tasks`` and return the full report (with ``table``).
 
     ``sentiment`` is ``(rows, provenance)`` with rows as :func:`parse_rt_csv` returns them,

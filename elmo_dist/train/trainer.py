@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.model.elmo import BiLM, Batch, Elmo
 from elmo_dist.model.options import ElmoOptions
 from elmo_dist.train.config import ARCHS, TrainConfig  # noqa: F401  (re-exported)
@@ -172,7 +173,7 @@ class Trainer:
         n = 0
         lengths = np.array([len(s) for s in self.valid])
         with torch.no_grad():
-            for idx in plan_batches(lengths + 2, 4096):
+            for idx in plan_batches(lengths + 2, DEFAULT_TOKEN_BUDGET):
                 f, b, k = self.loss([self.valid[i] for i in idx])
                 tot_f, tot_b, n = tot_f + f.item(), tot_b + b.item(), n + k
         self.bilm.train()
