@@ -244,6 +244,13 @@ class JobState:
         data = storage.read_bytes(self.fs, self._path(POSTPROCESSOR))
         return None if data is None else Postprocessor.from_bytes(data)
 
+    def moments(self):
+        """The merged ``similarity.Moments`` of the output's sentence vectors, or None."""
+        from elmo_dist.similarity import Moments
+
+        data = storage.read_bytes(self.fs, self._path("moments.npz"))
+        return None if data is None else Moments.from_bytes(data)
+
     def write_postprocessing(self, moments, postprocessor) -> None:
         storage.write_bytes(self.fs, self._path("moments.npz"), moments.to_bytes())
         storage.write_bytes(self.fs, self._path(POSTPROCESSOR), postprocessor.to_bytes())

@@ -109,6 +109,27 @@ def test_postprocessor_is_fitted_on_the_output(finished):
     assert json.load(open(out / "_job" / "stats.json"))["postprocessor"] == "center"
 
 
+def test_search_post_processes_by_default(finished, tiny_dir, capsys):
+    from elmo_dist.search import SearchError, search
+
+    out, _ = finished
+    t = read_embeddings(str(out)).to_table()
+    texts = t[S.TEXT].to_pylist()
+    query = next(x for x in texts if texts.count(x) == 1 and len(x.split()) > 5)
+    by = {}
+    for pp in (None, "none", "center", "abtt", "whiten"):
+        hits = search(str(out), [query], k=3, model=tiny_dir, postprocess=pp)[0]
+        assert hits[0].text == query and abs(hits[0].score - 1) < 1e-4, pp  # the query itself first
+        by[pp] = hits
+    # the default is the job's fitted post-processor (mean-centering): it spreads the scores out
+    assert [h.score for h in by[None]] == [h.score for h in by["center"]]
+    assert by[None][1].score < by["none"][1].score
+    with pytest.raises(SearchError, match="postprocess must be one of"):
+        search(str(out), [query], model=tiny_dir, postprocess="pca")
+    assert main(["search", str(out), query, "--model", tiny_dir, "--postprocess", "abtt", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["text"] == query
+
+
 def test_records_list_shards_with_size_rows_and_node(finished):
     out, vecs = finished
     records = JobState(str(out)).records()

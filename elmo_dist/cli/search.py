@@ -31,6 +31,9 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                         help="HNSW search breadth (higher: better recall, slower; default 256)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows scored at a time (exact search)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: CUDA when present)")
+    parser.add_argument("--postprocess", choices=["none", "center", "abtt", "whiten"], default=None,
+                        help="correction of the vectors before the cosine (default: the one the embed job "
+                             "fitted on the output, for exact search; none with the approximate index)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="search the finished units of an unfinished job (refused by default)")
 
@@ -50,7 +53,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.build_index:
         index = build_index(args.directory, args.index, allow_partial=args.allow_partial)
     idx = SearchIndex.open(args.directory, model=args.model, index=index, batch_rows=args.batch_rows,
-                           device=args.device, ef_search=args.ef_search, allow_partial=args.allow_partial)
+                           device=args.device, ef_search=args.ef_search, allow_partial=args.allow_partial,
+                           postprocess=args.postprocess)
     results = idx.search(queries, k=args.k)
     if args.json:
         for q, hits in zip(queries, results):

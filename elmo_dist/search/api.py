@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from elmo_dist import schema
+from elmo_dist import schema, storage
 from elmo_dist.errors import SearchError
 from elmo_dist.output import Shard, ShardSet
 from elmo_dist.search.index import build_hint, default_index_path, indexed_shards, read_index
@@ -155,13 +155,19 @@ class SearchIndex:
         in_memory: exact search over a matrix of all (normalised, float32) vectors loaded once,
             N x D x 4 bytes (on the GPU with a CUDA device), instead of streaming the shards per search.
         ef_search: HNSW candidate-list size at query time (>= k; higher: better recall, slower).
+        postprocess: how vectors are corrected before the cosine (``elmo_dist.similarity``): None
+            (default) uses the post-processor the embed job fitted on the output (``_job/
+            postprocessor.npz``) for exact search and "none" with the approximate index (built on
+            the raw vectors); "none", "center", "abtt", "whiten" (fitted from the output's moments)
+            choose one; a ``Postprocessor`` is used as it is.
     """
 
     def __init__(self, output: ShardSet, model=None, index=None, batch_rows: int = 65536, device=None,
-                 in_memory: bool = False, ef_search: int = 256):
+                 in_memory: bool = False, ef_search: int = 256, postprocess=None):
         if batch_rows < 1:
             raise SearchError(f"batch_rows must be >= 1, got {batch_rows}")
         self.output = output
+        self.postprocessor = _postprocessor(output, postprocess, approximate=bool(index))
         self.batch_rows = batch_rows
         self.device = resolve_device(device)
         self.ef_search = ef_search
@@ -185,10 +191,14 @@ class SearchIndex:
 
     @classmethod
     def open(cls, directory: str, model=None, index=None, batch_rows: int = 65536, device=None,
-             in_memory: bool = False, ef_search: int = 256, allow_partial: bool = False) -> "SearchIndex":
+             in_memory: bool = False, ef_search: int = 256, allow_partial: bool = False,
+             postprocess=None) -> "SearchIndex":
         """See the class doc; ``allow_partial`` searches an unfinished job's finished units."""
         return cls(ShardSet.open(directory, allow_partial), model, index, batch_rows, device, in_memory,
-                   ef_search)
+                   ef_search, postprocess)
+
+    def _corrected(self, x: np.ndarray) -> np.ndarray:
+        return x if self.postprocessor is None else self.postprocessor.transform(x)
 
     @property
     def num_rows(self) -> int:
@@ -205,8 +215,10 @@ class SearchIndex:
     def _load_matrix(self) -> None:
         m = np.empty((self.output.num_rows, self.output.dim), np.float32)
         start = 0
+        if self.postprocessor is not None:
+            m = np.empty((self.output.num_rows, self.postprocessor.output_dim), np.float32)
         for x in self.output.iter_vectors(self.batch_rows):
-            m[start:start + len(x)] = normalize(x)
+            m[start:start + len(x)] = normalize(self._corrected(x))
             start += len(x)
         if self.device is not None:
             import torch
@@ -249,6 +261,7 @@ class SearchIndex:
             raise SearchError(f"k must be >= 1, got {k}")
         if self._ann is not None:
             return self._search_ann(vectors, k)
+        vectors = self._corrected(vectors)
         top = TopK(len(vectors), k)
         scorer = Scorer(vectors, k, self.device)
         if self._matrix is not None:
@@ -257,7 +270,7 @@ class SearchIndex:
         else:
             start = 0
             for x in _prefetch(self.output.iter_vectors(self.batch_rows)):
-                scorer(top, x, start)
+                scorer(top, self._corrected(x), start)
                 start += len(x)
         return top.result()
 
@@ -289,6 +302,38 @@ class SearchIndex:
         return [(self.shards[s].name, int(r)) for s, r in zip(shard, local)]
 
 
+def _postprocessor(output: ShardSet, postprocess, approximate: bool):
+    """The post-processor a search applies (None: the raw vectors); see ``SearchIndex``."""
+    from elmo_dist.checkpoint import JobState
+    from elmo_dist.similarity import METHODS, Postprocessor
+
+    if isinstance(postprocess, Postprocessor):
+        chosen = postprocess
+    elif postprocess is None:
+        if approximate:
+            return None
+        try:
+            chosen = JobState(output.directory).postprocessor()
+        except Exception:  # a refresh output or an unreadable file: search the raw vectors
+            chosen = None
+    elif postprocess not in METHODS:
+        raise SearchError(f"postprocess must be one of {', '.join(METHODS)}, got {postprocess!r}")
+    elif postprocess == "none":
+        return None
+    else:
+        moments = JobState(output.directory).moments()
+        if moments is None:
+            raise SearchError(f"{storage.redact(output.directory)}: no sentence-vector moments to fit "
+                              f"{postprocess!r} on (outputs of `elmo-dist embed` have them in _job/moments.npz)")
+        chosen = Postprocessor.fit(moments, postprocess)
+    if chosen is not None and approximate and chosen.method != "none":
+        raise SearchError("the approximate index is built on the raw vectors: search it with postprocess "
+                          "'none', or use the exact search to post-process")
+    if chosen is not None and chosen.mean.shape[0] != output.dim:
+        raise SearchError(f"post-processor of width {chosen.mean.shape[0]} does not fit vectors of width {output.dim}")
+    return None if chosen is None or chosen.method == "none" else chosen
+
+
 def _prefetch(it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
     """Read the next batch in a thread while the current one is scored (Parquet decoding and the
     matrix product both release the GIL)."""
@@ -303,7 +348,8 @@ def _prefetch(it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None, index=None,
-           batch_rows: int = 65536, device=None, allow_partial: bool = False) -> list[list[Hit]]:
+           batch_rows: int = 65536, device=None, allow_partial: bool = False,
+           postprocess=None) -> list[list[Hit]]:
     """Top-k most similar sentences of an output per query (cosine of sentence embeddings).
 
     Args:
@@ -317,11 +363,13 @@ def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None
         batch_rows: rows scored at a time (exact search).
         device: None/"cpu" (NumPy), "cuda[:N]" (torch) or "auto".
         allow_partial: search an unfinished job's finished units (refused by default).
+        postprocess: None (the output's fitted post-processor, exact search only) or a method
+            ("none", "center", "abtt", "whiten"); see ``SearchIndex``.
     Returns:
-        per query, its hits by descending score.
+        per query, its hits by descending score (cosine of the post-processed vectors).
     """
-    return SearchIndex.open(directory, model=model, index=index, batch_rows=batch_rows,
-                            device=device, allow_partial=allow_partial).search(queries, k)
+    return SearchIndex.open(directory, model=model, index=index, batch_rows=batch_rows, device=device,
+                            allow_partial=allow_partial, postprocess=postprocess).search(queries, k)
 
 
 # ---- printing ----------------------------------------------------------------------------
