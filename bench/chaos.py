@@ -19,6 +19,10 @@ its own:
      * ``driver``: SIGKILL of the driver process only; the next run starts at once;
      * ``actor``: SIGKILL of one ``EmbedWriter`` actor process of *this* head (a descendant of its
        raylet; never anything else); the driver is left to recover and finish.
+     * ``node`` (needs ``--workers N``): SIGKILL of the raylet of a random worker node; the driver
+       is left to finish or fail (with a one-line ``elmo-dist: error: ...``; a traceback or any
+       other failure counts as an error), then the killed node's leftovers are stopped and a
+       replacement worker (a new ``ray start`` joining the head) is added before the next run.
    The number of unit records at the kill gives its phase: 0, partial or all (all = killed during
    the final check). A run that ends before its kill time "finished early"; when a run leaves
    the output complete, the output's batch ends and the remaining kills go to a new output.
@@ -39,6 +43,11 @@ not used: it stops every Ray runtime on the machine.
     python bench/chaos.py --kills 3 --seed 7       # a quick drill
     python bench/chaos.py --kinds driver,actor     # also kill embedding actors
     python bench/chaos.py --workdir /tmp/drill --keep   # keep outputs and logs for inspection
+    python bench/chaos.py --workers 2 --kinds driver,node --kills 4   # head + 2 worker nodes
+
+With ``--workers N`` the runtime is a head with no CPUs plus N worker nodes of ``--worker-cpus``
+CPUs each, every node its own ``ray start`` on 127.0.0.2 (tests/raycluster.py); the actors run on
+the workers and all nodes share this machine's disk, so the local output is shared.
 """
 
 from __future__ import annotations
@@ -347,7 +356,7 @@ class Run:
 
     output: str
     index: int
-    kind: str  # "reference", "calibration", a kill kind ("driver", "actor"), "final"
+    kind: str  # "reference", "calibration", a kill kind ("driver", "actor", "node"), "final"
     kill_at: float | None = None  # seconds after launch
     outcome: str = ""  # "killed", "killed+recovered", "finished early", "finished", "error", "hung"
     phase: str = ""  # records at the kill: "0", "partial", "all"
@@ -376,6 +385,9 @@ class Killer:
         """Wait until ``run.kill_at``, kill, fill in ``run`` (outcome, phase, rc); return once the
         driver has exited."""
         raise NotImplementedError
+
+    def recover(self, run: Run) -> None:
+        """Called after the run (and its timing): put the runtime back together for the next one."""
 
     def _mark(self, run: Run, output: Path, target: int) -> None:
         run.records_at_kill, run.planned = unit_progress(output)
@@ -430,7 +442,57 @@ class ActorKiller(Killer):
             run.error = driver.error_tail()
 
 
-KILLERS: dict[str, type[Killer]] = {k.kind: k for k in (DriverKiller, ActorKiller)}
+class NodeKiller(Killer):
+    """SIGKILL of the raylet of a random worker node of a multi-node cluster (``--workers N``) at the
+    kill time; the driver keeps running and must finish, or fail with a one-line error. Afterwards
+    (``recover``) the node's leftovers are stopped and a replacement worker joins the head."""
+
+    kind = "node"
+    CLEAR = "elmo-dist: error: "
+
+    def __init__(self, head, run_timeout, rng):
+        super().__init__(head, run_timeout, rng)
+        if not getattr(head, "workers", None):
+            raise SystemExit("--kinds node needs a multi-node cluster: pass --workers N (N >= 2)")
+        self.victim = None
+        self.replace_seconds: list[float] = []
+
+    def deliver(self, driver, output, run):
+        rc = driver.wait_until(driver.started + run.kill_at)
+        if rc is not None:
+            finished(run, rc, driver)
+            return
+        self.victim = self.rng.choice(self.head.workers)
+        target = self.head.kill_raylet(self.victim)
+        self._mark(run, output, target)
+        rc = driver.wait_until(driver.started + self.run_timeout)
+        if rc is None:
+            hung(run, driver, self.run_timeout)
+            return
+        run.rc = rc
+        run.outcome = "killed+recovered" if rc == 0 else "killed"
+        if rc != 0:
+            lines = [ln for ln in driver.log.read_text(errors="replace").strip().splitlines() if ln.strip()]
+            last = lines[-1] if lines else ""
+            text = "\n".join(lines)
+            if last.startswith(self.CLEAR) and "Traceback" not in text:
+                run.error = last
+            else:  # not a clear one-line error: counts as a failure of the drill
+                run.outcome, run.error = "error", "unclear failure after a node kill: " + driver.error_tail()
+
+    def recover(self, run):
+        if self.victim is None:
+            return
+        t0 = time.perf_counter()
+        self.head.sweep(self.victim)
+        node = self.head.add_worker()
+        self.replace_seconds.append(time.perf_counter() - t0)
+        logger.info("replaced worker %s by %s in %.1f s", self.victim.temp_dir.name, node.temp_dir.name,
+                    self.replace_seconds[-1])
+        self.victim = None
+
+
+KILLERS: dict[str, type[Killer]] = {k.kind: k for k in (DriverKiller, ActorKiller, NodeKiller)}
 
 
 def finished(run: Run, rc: int, driver: Driver) -> None:
@@ -477,6 +539,8 @@ def drill_output(job: Job, output: Path, kills: int, killers: dict[str, Killer],
         driver = job.launch(output, f"{output.name}-{run.index:02d}-{kind}")
         killers[kind].deliver(driver, output, run)
         run.seconds = driver.elapsed()
+        driver.reap_group()
+        killers[kind].recover(run)
         runs.append(run)
         delivered += run.delivered
         logger.info("%s run %d: %s kill at %.2f s -> %s%s (records %s/%s)%s", output.name, run.index, kind,
@@ -614,8 +678,8 @@ def summary_table(runs: list[Run], checks: list[Check], kinds: list[str], second
         *((f"kills: {k}", count(killed, kind=k)) for k in kinds),
         ("kills at 0 / partial / all unit records",
          " / ".join(str(count(killed, phase=p)) for p in ("0", "partial", "all"))),
-        *([("actor kills the driver recovered from", count(killed, outcome="killed+recovered"))]
-          if "actor" in kinds else []),
+        *([(f"{k} kills the driver recovered from", count(killed, kind=k, outcome="killed+recovered"))
+           for k in ("actor", "node") if k in kinds]),
         ("finished early (before the kill time)", count(drill, outcome="finished early")),
         ("runs failed with an error / hung", f"{count(runs, outcome='error')} / {count(runs, outcome='hung')}"),
         ("lost keys", sum(c.lost for c in checks)),
@@ -650,13 +714,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--kills", type=int, default=20, help="kills to deliver in all (default 20)")
     p.add_argument("--kills-per-output", type=int, default=5,
                    help="kills on one output before it is finished by a clean rerun (default 5)")
-    p.add_argument("--kinds", default="driver", help="comma-separated kill kinds: driver, actor (default driver)")
+    p.add_argument("--kinds", default="driver",
+                   help="comma-separated kill kinds: driver, actor, node (node needs --workers; default driver)")
     p.add_argument("--seed", type=int, default=1, help="seeds kill times, kinds and targets (default 1)")
     p.add_argument("--rows", type=int, default=240, help="corpus rows, cycled from the sample corpus (default 240)")
     p.add_argument("--files", type=int, default=3, help="Parquet files of the corpus (default 3)")
     p.add_argument("--rows-per-unit", type=int, default=6, help="rows per work unit (default 6)")
     p.add_argument("--model", default=str(TINY_MODEL), help="model directory (default: the tiny test model)")
-    p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the head (default 4)")
+    p.add_argument("--num-cpus", type=int, default=4,
+                   help="logical CPUs of the head (default 4; 0 with --workers)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="worker nodes besides the head, each its own `ray start` (default 0: a single head)")
+    p.add_argument("--worker-cpus", type=int, default=1, help="logical CPUs of each worker node (default 1)")
     p.add_argument("--library-sample", type=int, default=64,
                    help="rows per output compared with Elmo.embed_batch (default 64)")
     p.add_argument("--run-timeout", type=float, default=600, help="seconds before a run counts as hung")
@@ -667,6 +736,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [k for k in args.kinds if k not in KILLERS]
     if unknown or not args.kinds:
         p.error(f"--kinds: {', '.join(unknown) or 'none given'} (implemented: {', '.join(KILLERS)})")
+    if "node" in args.kinds and args.workers < 2:
+        p.error("--kinds node needs --workers 2 or more (the job must have a node left)")
     return args
 
 
@@ -679,6 +750,17 @@ def ray_temp_root(workdir: Path) -> tuple[Path, bool]:
     return Path(tempfile.mkdtemp(prefix="elmo-chaos-ray-", dir="/tmp")), True
 
 
+def make_runtime(args: argparse.Namespace, temp_root: Path):
+    """The single-node RayHead, or with ``--workers N`` a head (no CPUs) plus N worker nodes."""
+    if not args.workers:
+        return RayHead(temp_root, args.num_cpus)
+    from tests.raycluster import Cluster, ray_env
+
+    return Cluster(temp_root, workers=args.workers, head_cpus=0, worker_cpus=args.worker_cpus,
+                   object_store_mb=256, env=ray_env(temp_root, keep_aws=True), attempts=HEAD_ATTEMPTS,
+                   start_timeout=HEAD_START_TIMEOUT)
+
+
 def drill(args: argparse.Namespace, workdir: Path) -> bool:
     """The whole drill on a head of our own; returns True when every check passed."""
     kinds = args.kinds
@@ -686,7 +768,7 @@ def drill(args: argparse.Namespace, workdir: Path) -> bool:
     inputs = write_corpus(workdir / "corpus", args.rows, args.files)
     (workdir / "logs").mkdir()
     temp_root, temp_is_separate = ray_temp_root(workdir)
-    head = RayHead(temp_root, args.num_cpus)
+    head = make_runtime(args, temp_root)
     job: Job | None = None
     try:
         head.start()
@@ -742,7 +824,11 @@ def run_drill(args, workdir: Path, job: Job, killers: dict[str, Killer], kinds: 
                     "ok" if check.verify_ok else "FAILED", f"; problems: {check.problems}" if check.problems else "")
     seconds = time.perf_counter() - t0
 
-    print(f"\nray start: {head.start_seconds:.1f} s ({head.address}); reference run {ref_run.seconds:.1f} s "
+    nodes = f", {len(head.workers)} worker node(s)" if getattr(head, "workers", None) is not None else ""
+    replaced = [s for k in killers.values() for s in getattr(k, "replace_seconds", [])]
+    if replaced:
+        nodes += f", {len(replaced)} replaced (max {max(replaced):.0f} s each)"
+    print(f"\nray start: {head.start_seconds:.1f} s ({head.address}{nodes}); reference run {ref_run.seconds:.1f} s "
           f"({reference.num_rows} rows), calibration run {cal_run.seconds:.1f} s -> kill times uniform in "
           f"[{window[0]:.1f}, {window[1]:.1f}] s; seed {args.seed}\n")
     print(summary_table(runs, checks, kinds, seconds))

@@ -403,7 +403,8 @@ def status(directory: str) -> dict[str, Any]:
     totals: collections.Counter = collections.Counter()
     for rec in scan.records.values():
         node = rec.get("node") or {}
-        c = per_node.setdefault(node.get("host") or node.get("node_id") or "unknown", collections.Counter())
+        name = f"{node.get('host') or 'unknown'}/{(node.get('node_id') or '?')[:8]}"  # several nodes per host
+        c = per_node.setdefault(name, collections.Counter())
         st = rec.get("stats") or {}
         for key in ("rows", "sentences", "tokens", "embed_seconds"):
             c[key] += st.get(key, 0)

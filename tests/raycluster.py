@@ -226,7 +226,8 @@ class Node:
 
     @property
     def markers(self) -> list[str]:
-        return [str(self.temp_dir)]
+        # the dir followed by "/" or " ": .../w2 must not match .../w21
+        return [f"{self.temp_dir}/", f"{self.temp_dir} "]
 
     def pids(self) -> set[int]:
         return _head_pids(self.markers)
@@ -238,7 +239,7 @@ class Node:
         nm = f"--node_manager_port={self.ports['node_manager']}"
         for pid, (_, cmd) in table.items():
             exe = cmd.split(" ", 1)[0]
-            if exe.endswith("/raylet") and (str(self.temp_dir) in cmd or nm in cmd) and _alive(pid):
+            if exe.endswith("/raylet") and (f"{self.temp_dir}/" in cmd or f"{nm} " in cmd) and _alive(pid):
                 return pid
         return None
 
@@ -312,7 +313,8 @@ class Cluster:
         failures = []
         for attempt in range(1, self.attempts + 1):
             self._count += 1
-            temp_dir = Path(tempfile.mkdtemp(prefix=f"{name}{self._count}-", dir=self.root))
+            temp_dir = self.root / f"{name[0]}{self._count}"  # short: AF_UNIX paths under it < 108 bytes
+            temp_dir.mkdir()
             ports = dict(zip(keys, _free_ports(len(keys))))
             node = Node(name, temp_dir, ports, num_cpus)
             cmd = [_tool("ray"), "start", "--temp-dir", str(temp_dir), "--node-ip-address", self.node_ip,
@@ -350,7 +352,7 @@ class Cluster:
     def start(self, timeout: float = 180) -> "Cluster":
         t0 = time.time()
         try:
-            self.head = self._ray_start("head", True, self.head_cpus)
+            self.head = self._ray_start("h", True, self.head_cpus)
             self.gcs_address = (self.head.temp_dir / "ray_current_cluster").read_text().strip()
             self.dashboard_url = f"http://127.0.0.1:{self.head.ports['dashboard']}"
             for _ in range(self.n_workers):

@@ -125,8 +125,6 @@ def test_status_counts_every_unit_per_node(cluster, spread_run):
     assert sum(c["units"] for c in st["per_node"].values()) == st["units_planned"]
 
 
-@pytest.mark.xfail(strict=True, reason="elmo_dist.output.status keys per_node by host name (node['host']), "
-                   "so several Ray nodes of one machine show as one entry; keying by node_id would fix it")
 @pytest.mark.timeout(900)
 def test_status_per_node_tells_the_nodes_apart(cluster, spread_run):
     r = subprocess.run([_tool("elmo-dist"), "status", str(spread_run), "--json"], cwd=REPO, env=cluster.env,
