@@ -80,6 +80,13 @@ class RunSettings(BaseModel):
         None, gt=0, description="CPUs (and torch threads) of each embedding actor; default: CPU actors take a "
                                 "node's CPUs up to 4 (so a 2-core machine runs one actor on both cores), "
                                 "GPU actors 1 CPU")
+    device: Literal["auto", "cpu", "gpu"] = Field(
+        "auto", description="auto: GPU actors when the cluster shows GPUs when the job starts, else CPU; gpu: "
+                            "always GPU actors (they wait for GPU nodes an autoscaler adds, and an actor "
+                            "without a CUDA device fails instead of embedding on the CPU); cpu: never GPUs")
+    max_actors: int | None = Field(
+        None, ge=1, description="the actor pool grows up to this many actors as the cluster grows "
+                                "(default: what the cluster holds when the job starts)")
     num_gpus_per_actor: float | None = Field(
         None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(

@@ -34,6 +34,7 @@ from elmo_dist import schema as S
 from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState
 from elmo_dist.config import JobConfig, TextSettings
+from elmo_dist.errors import ElmoDistError
 from elmo_dist.lease import Lease
 from elmo_dist.model.fingerprint import model_fingerprint
 from elmo_dist.output import OutputError
@@ -87,7 +88,14 @@ class EmbedWriter:
             if added:
                 logger.info("using the driver's S3 settings on this node: %s", ", ".join(sorted(added)))
 
-        self.device = pick_device(actor["num_gpus"])
+        from elmo_dist.stages.embed import DeviceError
+
+        try:
+            self.device = pick_device(actor["num_gpus"], strict=cfg.run.device == "gpu")
+        except DeviceError as e:  # raised from the first call: a task error reaches the driver as itself
+            self._unusable: DeviceError | None = e
+            return
+        self._unusable = None
         self.gpu_ids = [int(g) if str(g).isdigit() else g for g in ray.get_gpu_ids()]
         self.embedder = Embedder(cfg.model, cfg.embedding, token_budget=cfg.run.token_budget,
                                  compute_dtype=cfg.run.compute_dtype, device=self.device, threads=actor["threads"])
@@ -108,6 +116,8 @@ class EmbedWriter:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from elmo_dist.stages.write import write_unit
 
+        if self._unusable is not None:
+            raise self._unusable
         out = []
         for row in batch.to_pylist():
             with self._prepare_lock:  # overlaps the other call's embedding
@@ -181,7 +191,15 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
     node_cpus = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [cpus])
-    g = cfg.run.num_gpus_per_actor if cfg.run.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+    device = cfg.run.device
+    if device == "cpu":
+        g = 0.0
+    elif device == "gpu":  # even when no GPU node is up yet: the actors wait for the autoscaler's
+        g = cfg.run.num_gpus_per_actor or 1.0
+        if gpus < g:
+            logger.warning("--device gpu: the cluster shows %s GPU(s) now; the actors wait for GPU nodes", gpus)
+    else:
+        g = cfg.run.num_gpus_per_actor if cfg.run.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
     if g > 0:
         c = min(cfg.run.cpus_per_actor or 1.0, max(node_cpus, 1.0))
         n = cfg.run.num_actors or max(1, int(gpus // g))
@@ -189,8 +207,9 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
         c = cfg.run.cpus_per_actor or float(max(1, min(int(node_cpus), CPU_THREADS_PER_ACTOR)))
         n = cfg.run.num_actors or max(1, int(max(cpus, c) // c))
     n = max(1, min(n, n_units))
+    top = max(n, min(cfg.run.max_actors or n, n_units))
     threads = cfg.run.torch_threads or max(1, math.ceil(c))
-    return {"actors": n, "num_cpus": c, "num_gpus": g, "threads": threads}
+    return {"actors": n, "max_actors": top, "num_cpus": c, "num_gpus": g, "threads": threads}
 
 
 @dataclass
@@ -318,7 +337,8 @@ def embed_units(cfg: JobConfig, metadata: dict[str, Any], pending: list[Unit], s
     ds = ray.data.from_items([u.to_dict() for u in pending], override_num_blocks=len(pending))
     ds = ds.map_batches(  # read + prepare + embed + write in the actors: no CPU is left idle for tasks
         EmbedWriter, batch_size=1, batch_format="pyarrow",
-        compute=ActorPoolStrategy(size=actors["actors"], max_tasks_in_flight_per_actor=2,
+        compute=ActorPoolStrategy(min_size=1, max_size=actors["max_actors"], initial_size=actors["actors"],
+                                  max_tasks_in_flight_per_actor=2,
                                   max_concurrent_calls_per_actor=2, enable_true_multi_threading=True),
         num_cpus=actors["num_cpus"], num_gpus=actors["num_gpus"],
         fn_constructor_kwargs=dict(cfg=cfg, metadata=metadata, actor=actors, job_dir=state.job_dir, subdir=subdir,
@@ -338,8 +358,8 @@ def embed_units(cfg: JobConfig, metadata: dict[str, Any], pending: list[Unit], s
 
 
 def _user_errors_unwrapped(rows):
-    """Re-raise an input error raised inside a Ray task as itself (one line for the CLI), not as
-    Ray's wrapper with a remote traceback."""
+    """Re-raise a user error raised inside a Ray actor (a changed input file, no CUDA for --device
+    gpu) as itself (one line for the CLI), not as Ray's wrapper with a remote traceback."""
     try:
         yield from rows
     except Exception as e:
@@ -350,7 +370,7 @@ def _user_errors_unwrapped(rows):
             if c is None or id(c) in seen:
                 continue
             seen.add(id(c))
-            if isinstance(c, InputError) and type(c).__module__.startswith("elmo_dist"):
+            if isinstance(c, ElmoDistError) and type(c).__module__.startswith("elmo_dist"):
                 lines = str(c).strip().splitlines()  # Ray appends its retry advice to the message
                 raise type(c)(lines[0] if lines else type(c).__name__) from None
             stack += [getattr(c, "cause", None), c.__cause__, c.__context__]

@@ -304,7 +304,7 @@ class Cluster:
 
     # ---- start ----
 
-    def _ray_start(self, name: str, head: bool, num_cpus: int) -> Node:
+    def _ray_start(self, name: str, head: bool, num_cpus: int, extra: tuple[str, ...] = ()) -> Node:
         """`ray start` of one node; retried with a fresh temp dir and fresh ports (a raylet whose
         dashboard agent is late aborts the start on a loaded machine, ray-project/ray#65983)."""
         keys = ["node_manager", "object_manager", "runtime_env_agent", "agent_http", "agent_grpc", "metrics"]
@@ -325,7 +325,7 @@ class Cluster:
                    "--dashboard-agent-listen-port", str(ports["agent_http"]),
                    "--dashboard-agent-grpc-port", str(ports["agent_grpc"]),
                    "--metrics-export-port", str(ports["metrics"]),
-                   "--min-worker-port", "0", "--max-worker-port", "0"]  # workers: ports the OS picks
+                   "--min-worker-port", "0", "--max-worker-port", "0", *extra]  # workers: ports the OS picks
             if head:
                 cmd += ["--head", "--port", str(ports["gcs"]), "--dashboard-host", "127.0.0.1",
                         "--dashboard-port", str(ports["dashboard"]),
@@ -365,9 +365,10 @@ class Cluster:
         self.log.append(f"cluster of {self.n_workers + 1} nodes up in {self.start_seconds:.0f} s")
         return self
 
-    def add_worker(self, timeout: float = 180) -> Node:
-        """A new worker node joining the head (e.g. to replace a killed one)."""
-        node = self._ray_start("w", False, self.worker_cpus)
+    def add_worker(self, timeout: float = 180, extra: tuple[str, ...] = ()) -> Node:
+        """A new worker node joining the head (e.g. to replace a killed one; ``extra`` flags of
+        `ray start`, e.g. ``("--num-gpus", "1")`` for a node declaring a logical GPU)."""
+        node = self._ray_start("w", False, self.worker_cpus, extra)
         self.workers.append(node)
         self.wait_nodes(len(self.workers) + 1, timeout)
         return node

@@ -12,6 +12,8 @@ in turn forbids worker nodes). All nodes share this machine's disk, so a local -
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -181,3 +183,29 @@ def test_worker_raylet_killed_mid_run_then_rerun_is_exactly_once(cluster, corpus
     # a replacement worker joins; the cluster is whole again for later tests
     cluster.add_worker()
     assert len(cluster.alive_nodes()) == 3
+
+
+@pytest.mark.timeout(1200)
+def test_device_gpu_waits_for_a_gpu_node_and_never_falls_back_to_the_cpu(cluster, corpus, tmp_path):
+    """`--device gpu` on a cluster with no GPU yet: the job plans GPU actors and waits (an autoscaler
+    would add GPU nodes); when a node declaring a GPU joins, its actor finds no CUDA device here and
+    the job fails in one line instead of embedding on the CPU. (Runs last: it adds a node.)"""
+    out = tmp_path / "out"
+    log = tmp_path / "gpu-run.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(embed_cmd(corpus, out, cluster.gcs_address) + ["--device", "gpu"], cwd=REPO,
+                                env=cluster.env, stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+    try:
+        time.sleep(15)
+        assert proc.poll() is None, f"the job did not wait for a GPU node:\n{log.read_text()[-2000:]}"
+        assert unit_records(out) == 0  # nothing was embedded on the CPU meanwhile
+        cluster.add_worker(extra=("--num-gpus", "1"))
+        rc = proc.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = log.read_text()
+    assert rc == 2 and "sees no CUDA device" in text and "not embedding on the CPU" in text, text[-3000:]
+    assert unit_records(out) == 0

@@ -17,19 +17,28 @@ import torch
 
 from elmo_dist import schema as S
 from elmo_dist.config import DEFAULT_TOKEN_BUDGET, EmbeddingSettings
+from elmo_dist.errors import ElmoDistError
 from elmo_dist.model.elmo import Elmo, pool
 
 logger = logging.getLogger(__name__)
 
 
-def pick_device(requested_gpus: float = 0.0) -> str:
+class DeviceError(ElmoDistError, RuntimeError):
+    """GPUs were asked for (``--device gpu``) where no CUDA device is usable."""
+
+
+def pick_device(requested_gpus: float = 0.0, strict: bool = False) -> str:
     """"cuda" when a CUDA device is visible (Ray sets CUDA_VISIBLE_DEVICES per actor), else "cpu".
 
     Asking for GPUs where CUDA is absent (a logical GPU on a CPU machine) falls back to the CPU
-    with a warning.
+    with a warning, or, with ``strict`` (``--device gpu``), raises: a job that asked for GPUs never
+    embeds on the CPU silently.
     """
     if torch.cuda.is_available():
         return "cuda"
+    if requested_gpus and strict:
+        raise DeviceError(f"--device gpu: this actor was given {requested_gpus} GPU(s) but sees no CUDA device "
+                           "(a CPU build of torch, or no driver on the node); not embedding on the CPU")
     if requested_gpus:
         msg = f"{requested_gpus} GPU(s) requested but CUDA is not available: embedding on the CPU"
         logger.warning(msg)
