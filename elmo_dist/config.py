@@ -74,7 +74,8 @@ class RunSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    address: str | None = Field(None, description="Ray address ('auto' joins `ray start`); none: RAY_ADDRESS or a local runtime")
+    address: str | None = Field(
+        None, description="Ray address ('auto' joins `ray start`); none: RAY_ADDRESS or a local runtime")
     num_actors: int | None = Field(None, ge=1, description="embedding actors (default: sized from the cluster)")
     cpus_per_actor: float | None = Field(
         None, gt=0, description="CPUs (and torch threads) of each embedding actor; default: CPU actors take a "
@@ -106,9 +107,10 @@ class JobConfig(BaseModel):
 
     inputs: list[str] = Field(min_length=1, description="Parquet files, directories or globs; local or s3://")
     output: str = Field(description="output directory, local or s3://")
-    model: str | None = Field(None, validate_default=True, description="model directory (options.json + weights.hdf5), local or s3://; "
-                                                "default: the built-in model. Resolved once, when the config "
-                                                "is built (an absolute path or a URI)")
+    model: str | None = Field(None, validate_default=True,
+                              description="model directory (options.json + weights.hdf5), local or s3://; "
+                                          "default: the built-in model. Resolved once, when the config "
+                                          "is built (an absolute path or a URI)")
     text: TextSettings = TextSettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     run: RunSettings = RunSettings()

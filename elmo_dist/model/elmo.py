@@ -306,7 +306,8 @@ class Elmo(nn.Module):
             return layers[output]
         raise ValueError(f"output must be 'mix', 'all' or a layer 0..{layers.shape[0] - 1}, got {output!r}")
 
-    def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *, token_budget: int = DEFAULT_TOKEN_BUDGET,
+    def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *,
+                        token_budget: int = DEFAULT_TOKEN_BUDGET,
                         output: Output = "mix", pooling: Pooling = None, window: int = 20000,
                         max_sentences: int | None = None,
                         split_sentences: bool = False) -> Iterator[np.ndarray]:

@@ -1,8 +1,8 @@
 """Write: one unit's embedded sentences -> Parquet shards, each written whole or not at all.
 
 Every shard goes through ``storage.write_parquet``: it appears under its final name only complete
-(local: temporary file, fsync, rename; S3: uploaded only once fully built). Shards are cut to about ``target_bytes`` so that neither a
-storm of tiny files nor a 10 GB file comes out. Model fingerprint and settings go in each file's
+(local: temporary file, fsync, rename; S3: uploaded only once fully built). Shards are cut to about
+``target_bytes`` so that neither a storm of tiny files nor a 10 GB file comes out. Model fingerprint and settings go in each file's
 metadata.
 """
 
@@ -22,7 +22,8 @@ TARGET_BYTES = 256 << 20
 ROW_GROUP_ROWS = 8192
 
 
-def shard_names(unit_id: str, n_rows: int, row_bytes: float, target_bytes: int = TARGET_BYTES) -> list[tuple[str, int, int]]:
+def shard_names(unit_id: str, n_rows: int, row_bytes: float,
+                target_bytes: int = TARGET_BYTES) -> list[tuple[str, int, int]]:
     """(file name, first row, end row) for each shard of a unit."""
     per_file = max(1, int(target_bytes // max(row_bytes, 1.0)))
     starts = list(range(0, n_rows, per_file)) or [0]
