@@ -400,6 +400,7 @@ def status(directory: str) -> dict[str, Any]:
         raise OutputError(f"{storage.redact(directory)}: not an `elmo-dist embed` output (no {JOB_DIR}/config.json)")
     scan = state.scan()
     per_node: dict[str, collections.Counter] = {}
+    spans: dict[str, list[tuple[float, float, Any]]] = {}
     totals: collections.Counter = collections.Counter()
     for rec in scan.records.values():
         node = rec.get("node") or {}
@@ -410,6 +411,13 @@ def status(directory: str) -> dict[str, Any]:
             c[key] += st.get(key, 0)
             totals[key] += st.get(key, 0)
         c["units"] += 1
+        if isinstance(st.get("t_start"), (int, float)) and isinstance(st.get("t_end"), (int, float)):
+            spans.setdefault(name, []).append((st["t_start"], st["t_end"], node.get("pid")))
+    for name, sp in spans.items():  # how busy the model was on the node while its units ran
+        wall = max(e for _, e, _ in sp) - min(b for b, _, _ in sp)
+        actors = len({pid for _, _, pid in sp}) or 1
+        if wall > 0:
+            per_node[name]["model_busy"] = per_node[name]["embed_seconds"] / (wall * actors)
     lease = read_json(fs, posixpath.join(root, "_lease.json"))
     stats = state.stats() or {}
     planned = len(scan.planned)
@@ -418,7 +426,7 @@ def status(directory: str) -> dict[str, Any]:
         "directory": storage.redact(directory), "units_planned": planned, "units_done": done,
         "complete": bool(planned) and done == planned, "invalid_records": len(scan.invalid),
         "rows": int(totals["rows"]), "sentences": int(totals["sentences"]), "tokens": int(totals["tokens"]),
-        "per_node": {h: {k: (round(v, 1) if isinstance(v, float) else int(v)) for k, v in c.items()}
+        "per_node": {h: {k: (round(v, 3) if isinstance(v, float) else int(v)) for k, v in c.items()}
                      for h, c in sorted(per_node.items())},
         "running": {"owner": lease.get("owner"), "until": lease.get("expires_at")} if isinstance(lease, dict) else None,
         "runs": [{k: r.get(k) for k in ("finished", "host", "units", "tokens", "seconds", "tokens_per_second")}

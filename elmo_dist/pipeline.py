@@ -120,6 +120,7 @@ class EmbedWriter:
             raise self._unusable
         out = []
         for row in batch.to_pylist():
+            t_start = time.time()
             with self._prepare_lock:  # overlaps the other call's embedding
                 table, stats = prepare_unit(row, self.text)
             with self._model_lock:
@@ -128,7 +129,7 @@ class EmbedWriter:
             files = write_unit(embedded, self.output, row["unit_id"], self.schema, subdir=self.subdir)
             self.state.write_unit_moments(row["unit_id"], unit_moments(embedded).to_bytes())
             stats.update(estats, write_seconds=time.perf_counter() - t0, files=len(files),
-                         device=self.device, gpu_ids=self.gpu_ids)
+                         device=self.device, gpu_ids=self.gpu_ids, t_start=t_start, t_end=time.time())
             self.state.record(row["unit_id"], files, stats, node=self.node)
             out.append({"unit_id": row["unit_id"], "stats": json.dumps(stats)})
         return pa.Table.from_pylist(out)
@@ -384,7 +385,7 @@ def summarize(records: list[dict[str, Any]], wall: float, new_units: int, new_wa
     for r in records:
         files += len(r.get("files", []))
         for k, v in r["stats"].items():
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float)) and not k.startswith("t_"):
                 tot[k] += v
     padded = tot.get("padded_tokens", 0)
     out = {

@@ -149,7 +149,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"running: lease held by {st['running']['owner']} until {st['running']['until']}")
     for host, c in st["per_node"].items():
         tps = c["tokens"] / c["embed_seconds"] if c.get("embed_seconds") else 0
-        print(f"  {host}: {c['units']} units, {c['tokens']} tokens, {tps:.0f} tokens/s embedding")
+        busy = f", model busy {100 * c['model_busy']:.0f}% of the node's span" if "model_busy" in c else ""
+        print(f"  {host}: {c['units']} units, {c['tokens']} tokens, {tps:.0f} tokens/s embedding{busy}")
     for r in st["runs"]:
         print(f"  run finished {r['finished']} on {r['host']}: {r['units']} units, {r['tokens']} tokens, "
               f"{r['tokens_per_second']} tokens/s")
