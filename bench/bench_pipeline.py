@@ -62,6 +62,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench_corpus import CACHE, pydocs_subset, sample_corpus  # noqa: E402
+from bench_model import load_average, write_model  # noqa: E402
 
 from elmo_dist import schema as S  # noqa: E402
 from elmo_dist.config import DEFAULT_TOKEN_BUDGET, JobConfig, RunSettings  # noqa: E402
@@ -73,44 +74,6 @@ DEFAULT_VARIANTS = "default,cpus=2,rows=64,rows=64+cpus=2,budget=8192,rows=4"
 DEFAULT_MAX_TOKENS = "builtin=400000,original=100000"
 QUICK_MAX_TOKENS = "builtin=5000,original=500"
 QUICK_SAMPLE_ROWS = {"builtin": 24, "original": 2}
-
-
-def load_average() -> str:
-    try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
-    except OSError:
-        return "n/a"
-
-
-def write_original_model(directory: str, seed: int = 0) -> str:
-    """Random low-gain weights (std 0.5/sqrt(fan_in)) of the official Original architecture in the
-    official layout: the same model as ``bench_model.write_model(directory, "original")``."""
-    import math
-
-    from elmo_dist.model.options import ElmoOptions
-    from elmo_dist.model.weights import expected_shapes, write_weights
-
-    opts = ElmoOptions.from_dict({
-        "char_cnn": {"activation": "relu", "n_highway": 2, "embedding": {"dim": 16}, "n_characters": 262,
-                     "max_characters_per_token": 50,
-                     "filters": [[1, 32], [2, 32], [3, 64], [4, 128], [5, 256], [6, 512], [7, 1024]]},
-        "lstm": {"dim": 4096, "projection_dim": 512, "n_layers": 2, "cell_clip": 3, "proj_clip": 3,
-                 "use_skip_connections": True}})
-    rng = np.random.default_rng(seed)
-    weights = {}
-    for name, shape in expected_shapes(opts).items():
-        if name == "char_embed":
-            arr = rng.uniform(-1.0, 1.0, shape)
-        elif len(shape) == 1:
-            arr = rng.normal(0.0, 0.1, shape)
-        else:
-            arr = rng.standard_normal(shape, dtype=np.float32) * (0.5 / math.sqrt(int(np.prod(shape[:-1]))))
-        weights[name] = arr.astype(np.float32)
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "options.json"), "w") as fh:
-        json.dump(opts.to_official_dict(), fh)
-    write_weights(os.path.join(directory, "weights.hdf5"), opts, weights)
-    return directory
 
 
 def parse_variant(spec: str) -> dict:
@@ -300,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for model_name in models:
             model = default_model_path() if model_name == "builtin" else \
-                write_original_model(os.path.join(tmp, "original"))
+                write_model(os.path.join(tmp, "original"), "original")
             bare_model = None
             for corpus in corpora:
                 if corpus == "sample":

@@ -63,7 +63,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +71,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.raycluster import _alive as alive  # noqa: E402  (the test fixtures' /proc and port helpers)
+from tests.raycluster import _free_ports as free_ports  # noqa: E402
+from tests.raycluster import _proc_table as proc_table  # noqa: E402
+from tests.raycluster import _tool as tool  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -85,51 +89,6 @@ HEAD_ATTEMPTS = 3
 HEAD_START_TIMEOUT = 240
 TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]+$")  # temporaries of interrupted atomic writes
 KEY = ("id", "sentence_index", "chunk")
-
-
-def tool(name: str) -> str:
-    path = BIN / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
-
-
-# ---- processes (Linux /proc) ------------------------------------------------------------------
-
-def proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process we can see."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(d)] = (ppid, cmd)
-    return table
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 # ---- the Ray head -----------------------------------------------------------------------------
@@ -389,6 +348,19 @@ class Killer:
     def recover(self, run: Run) -> None:
         """Called after the run (and its timing): put the runtime back together for the next one."""
 
+    def _await_recovery(self, driver: Driver, run: Run) -> bool:
+        """After a kill the driver keeps running (actor, node kills): wait for it to end and fill in
+        ``run``; False when it hung."""
+        rc = driver.wait_until(driver.started + self.run_timeout)
+        if rc is None:
+            hung(run, driver, self.run_timeout)
+            return False
+        run.rc = rc
+        run.outcome = "killed+recovered" if rc == 0 else "killed"
+        if rc != 0:
+            run.error = driver.error_tail()
+        return True
+
     def _mark(self, run: Run, output: Path, target: int) -> None:
         run.records_at_kill, run.planned = unit_progress(output)
         run.phase, run.target = phase_of(run.records_at_kill, run.planned), target
@@ -432,14 +404,7 @@ class ActorKiller(Killer):
         if rc is not None:
             finished(run, rc, driver)
             return
-        rc = driver.wait_until(driver.started + self.run_timeout)
-        if rc is None:
-            hung(run, driver, self.run_timeout)
-            return
-        run.rc = rc
-        run.outcome = "killed+recovered" if rc == 0 else "killed"
-        if rc != 0:
-            run.error = driver.error_tail()
+        self._await_recovery(driver, run)
 
 
 class NodeKiller(Killer):
@@ -465,13 +430,7 @@ class NodeKiller(Killer):
         self.victim = self.rng.choice(self.head.workers)
         target = self.head.kill_raylet(self.victim)
         self._mark(run, output, target)
-        rc = driver.wait_until(driver.started + self.run_timeout)
-        if rc is None:
-            hung(run, driver, self.run_timeout)
-            return
-        run.rc = rc
-        run.outcome = "killed+recovered" if rc == 0 else "killed"
-        if rc != 0:
+        if self._await_recovery(driver, run) and run.rc != 0:
             lines = [ln for ln in driver.log.read_text(errors="replace").strip().splitlines() if ln.strip()]
             last = lines[-1] if lines else ""
             text = "\n".join(lines)

@@ -322,7 +322,8 @@ def holder_dead(cur: dict[str, Any]) -> bool:
     if st and st[0] in ("Z", "X"):  # killed, not yet reaped by its parent
         return True
     start = cur.get("pid_start")
-    return bool(start) and _process_start(pid) not in (None, start)
+    now = st[19] if st and len(st) > 19 else None  # the same /proc read: no second one
+    return bool(start) and now not in (None, start)
 
 
 # ---- the lease ------------------------------------------------------------------------------
