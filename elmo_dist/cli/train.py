@@ -14,7 +14,9 @@ from elmo_dist.errors import EXIT_OK
 _HELP = {
     "corpus": "directory with train.txt and valid.txt (one tokenized sentence per line)",
     "out": "run directory: vocab, checkpoint.pt, history.jsonl, model/ (rerun to resume)",
-    "arch": "architecture",
+    "arch": "architecture (ignored with --init-from: the model's own)",
+    "init_from": "fine-tune: start the biLM from this official-format model (directory or s3://; "
+                 "'default' = the built-in model) with a new softmax over the corpus's words",
     "vocab_size": "words in the softmax vocabulary",
     "token_budget": "padded tokens per training batch",
     "lr": "peak learning rate (Adam, warm-up then linear decay)",
@@ -23,6 +25,7 @@ _HELP = {
     "eval_every": "steps between held-out perplexity evaluations",
     "checkpoint_minutes": "minutes between checkpoints",
     "threads": "torch threads",
+    "precision": "bf16: matrix products and convolutions in bfloat16, state and softmax in fp32; fp32: all fp32",
     "seed": "random seed",
 }
 
@@ -37,7 +40,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         if f.default is dataclasses.MISSING:
             p.add_argument(flag, required=True, help=text)
             continue
-        kw = {"choices": sorted(ARCHS)} if name == "arch" else {"type": type(f.default)}
+        kw = ({"choices": sorted(ARCHS)} if name == "arch" else {"choices": ["bf16", "fp32"]}
+              if name == "precision" else {"type": type(f.default)})
         p.add_argument(flag, default=f.default, help=f"{text} (default {f.default})", **kw)
 
 

@@ -85,8 +85,106 @@ def _distinct_rows(x: torch.Tensor, max_share: float = 0.75) -> tuple[torch.Tens
     return rows, inverse.view(x.shape[:-1])
 
 
+
+class _Recurrence(torch.autograd.Function):
+    """The time loop of one layer, both directions, with a hand-written backward through time.
+
+    Autograd over the per-step loop records ~15 small ops per step and replays them one by one;
+    this function saves only each step's gate activations, cell and ``o * tanh(cell)``, runs the
+    backward as one loop of in-place ops and the weight gradients as two GEMMs over all steps. The
+    two directions are independent, so each runs in its own thread (``run_parallel``), as on the
+    inference path. Same math as ``BiLstmLayer.forward`` under autograd (tests compare gradients in
+    float64); a clamp's gradient passes where the clamped value is strictly inside the bounds.
+
+    forward(gates_in (2, T, B, 4C) input part + biases, w_rec (2, 4C, D), w_proj (2, D, C),
+            batch_sizes, cell_clip, proj_clip, cd) -> (2, T, B, D), exactly 0 at padded steps.
+    Matrix products run in ``cd``; state, activations and gradients stay in gates_in's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, gates_in, w_rec, w_proj, batch_sizes, cell_clip, proj_clip, cd):
+        two, t_max, b_max, c4 = gates_in.shape
+        c, p, dt = c4 // 4, w_proj.shape[1], gates_in.dtype
+        act = gates_in.detach().clone()  # (2, T, B, 4C) becomes sigmoid(i), tanh(j), sigmoid(f), sigmoid(o)
+        cells = gates_in.new_zeros(two, t_max + 1, b_max, c)  # (2, T+1, B, C) cells[:, t+1] = c_t
+        m_all = gates_in.new_zeros(two, t_max, b_max, c, dtype=cd)  # (2, T, B, C) o * tanh(c_t)
+        out = gates_in.new_zeros(two, t_max, b_max, p)  # (2, T, B, D)
+
+        def direction(d: int) -> None:
+            w_rec_t, w_proj_t = w_rec[d].to(cd).t(), w_proj[d].to(cd).t()  # (D, 4C), (C, D)
+            h = gates_in.new_zeros(b_max, p, dtype=cd)  # (B, D)
+            for t, b in enumerate(batch_sizes):
+                z = act[d, t, :b]  # (b, 4C)
+                z.add_(torch.mm(h[:b], w_rec_t).to(dt))
+                z[:, :c].sigmoid_()
+                z[:, c:2 * c].tanh_()
+                z[:, 2 * c:].sigmoid_()
+                i, j, f, o = z.split(c, dim=-1)
+                cell = cells[d, t + 1, :b]  # (b, C)
+                torch.mul(f, cells[d, t, :b], out=cell).addcmul_(i, j)
+                if cell_clip:
+                    cell.clamp_(-cell_clip, cell_clip)
+                m = m_all[d, t, :b]  # (b, C)
+                m.copy_(torch.tanh(cell).mul_(o))
+                h = torch.mm(m, w_proj_t)  # (b, D) in cd
+                if proj_clip:
+                    h.clamp_(-proj_clip, proj_clip)
+                out[d, t, :b] = h
+
+        run_parallel([lambda d=d: direction(d) for d in range(two)])
+        ctx.save_for_backward(act, cells, m_all, out, w_rec, w_proj)
+        ctx.meta = (batch_sizes, cell_clip, proj_clip, cd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        act, cells, m_all, out, w_rec, w_proj = ctx.saved_tensors
+        batch_sizes, cell_clip, proj_clip, cd = ctx.meta
+        two, t_max, b_max, c4 = act.shape
+        c, p, dt, n = c4 // 4, out.shape[-1], act.dtype, t_max * b_max
+        grad_out = grad_out.contiguous()
+        d_gates = torch.zeros_like(act)  # (2, T, B, 4C)
+        g_rec, g_proj = torch.empty_like(w_rec), torch.empty_like(w_proj)
+
+        def direction(d: int) -> None:
+            w_rec_c, w_proj_c = w_rec[d].to(cd), w_proj[d].to(cd)  # (4C, D), (D, C)
+            d_hraw = out.new_zeros(t_max, b_max, p)  # (T, B, D) gradient at the projection's output
+            dh = out.new_zeros(b_max, p)  # (B, D) from step t+1 through W_rec
+            dc = act.new_zeros(b_max, c)  # (B, C) from step t+1 through the cell
+            for t in range(len(batch_sizes) - 1, -1, -1):
+                b = batch_sizes[t]
+                g = d_hraw[t, :b]  # (b, D)
+                torch.add(grad_out[d, t, :b], dh[:b], out=g)
+                if proj_clip:
+                    g.mul_(out[d, t, :b].abs() < proj_clip)
+                dm = torch.mm(g.to(cd), w_proj_c).to(dt)  # (b, C)
+                i, j, f, o = act[d, t, :b].split(c, dim=-1)
+                cell, prev = cells[d, t + 1, :b], cells[d, t, :b]
+                tc = torch.tanh(cell)  # (b, C)
+                dz = d_gates[d, t, :b]  # (b, 4C)
+                dz_i, dz_j, dz_f, dz_o = dz.split(c, dim=-1)
+                torch.mul(dm, tc, out=dz_o).mul_(o * (1 - o))
+                dcb = dc[:b]
+                dcb.add_(dm.mul_(o).mul_(1 - tc * tc))  # (b, C)
+                if cell_clip:
+                    dcb.mul_(cell.abs() < cell_clip)
+                torch.mul(dcb, j, out=dz_i).mul_(i * (1 - i))
+                torch.mul(dcb, i, out=dz_j).mul_(1 - j * j)
+                torch.mul(dcb, prev, out=dz_f).mul_(f * (1 - f))
+                dcb.mul_(f)
+                dh[:b] = torch.mm(dz.to(cd), w_rec_c)  # (b, D)
+            h_prev = torch.cat([out.new_zeros(1, b_max, p), out[d, :-1]]).view(n, p)  # (T*B, D)
+            g_rec[d] = torch.mm(d_gates[d].view(n, c4).t().to(cd), h_prev.to(cd))  # (4C, D)
+            g_proj[d] = torch.mm(d_hraw.view(n, p).t().to(cd), m_all[d].view(n, c))  # (D, C)
+
+        run_parallel([lambda d=d: direction(d) for d in range(two)])
+        return d_gates, g_rec, g_proj, None, None, None, None
+
+
 class BiLstmLayer(nn.Module):
     """One layer of both stacks. Parameters are stacked over direction (0 forward, 1 backward)."""
+
+    fused_backward = True  # training: the time loop as one autograd op (_Recurrence), not per-step autograd
 
     def __init__(self, p: int, c: int, cell_clip: float | None, proj_clip: float | None):
         super().__init__()
@@ -121,6 +219,9 @@ class BiLstmLayer(nn.Module):
         bias = self.bias + self.forget_bias  # (2, 4C)
         gates_in = gates_in + bias[:, None, None, :]
         training = torch.is_grad_enabled() and self.w_rec.requires_grad
+        if training and self.fused_backward:
+            return _Recurrence.apply(gates_in, self.w_rec, self.w_proj, list(batch_sizes), self.cell_clip,
+                                     self.proj_clip, cd)
         out = None if training else x.new_zeros(2, t_max, b_max, d)  # (2, T, B, D)
         steps: list[torch.Tensor] = []  # with autograd: no in-place writes, stack at the end
         h = x.new_zeros(2, b_max, d)  # (2, B, D) projected state

@@ -130,6 +130,7 @@ class BiLM(nn.Module):
             (L+1, B, T+2, D) activations with BOS/EOS, exactly 0 at padding.
         """
         tok = self.char_cnn(token_char_ids)  # (U, D/2)
+        tok = tok.to(self.lstm.layers[0].w_in.dtype)  # under autocast (training) the LSTM state stays fp32
         tok = torch.cat([tok, tok.new_zeros(1, tok.shape[1])])  # (U+1, D/2): padding row
         x = tok[token_index]  # (B, T+2, D/2)
         full_len = lengths + 2  # (B,) with BOS/EOS

@@ -17,6 +17,7 @@ class TrainConfig:
     corpus: str
     out: str
     arch: str = "mini"
+    init_from: str = ""  # an official-format model (directory or s3://) whose biLM starts the training
     vocab_size: int = 30000
     token_budget: int = 2048
     lr: float = 2e-3
@@ -30,4 +31,5 @@ class TrainConfig:
     eval_tokens: int = 60000
     seed: int = 1234
     threads: int = 2
+    precision: str = "bf16"  # bf16: autocast matmuls/convolutions, fp32 state and softmax; fp32: all fp32
     cutoffs: list[int] = field(default_factory=lambda: [2000, 10000])

@@ -28,6 +28,7 @@ import torch.nn as nn
 from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.model.elmo import BiLM, Batch, Elmo
 from elmo_dist.model.options import ElmoOptions
+from elmo_dist.paths import default_model_path
 from elmo_dist.train.config import ARCHS, TrainConfig  # noqa: F401  (re-exported)
 from elmo_dist.stages.batch import plan_batches
 from elmo_dist.storage import atomic_local_path
@@ -95,9 +96,16 @@ class Trainer:
             with open(vocab_path, "w", encoding="utf-8") as fh:
                 fh.write("\n".join(self.vocab))
         self.word_id = {w: i for i, w in enumerate(self.vocab)}
-        self.opts = make_options(cfg.arch)
+        init = None
+        if cfg.init_from:  # "default": the built-in model
+            init = Elmo.from_pretrained(default_model_path() if cfg.init_from == "default" else cfg.init_from)
+        self.opts = init.opts if init is not None else make_options(cfg.arch)
+        self.arch = f"init:{init.fingerprint}" if init is not None else cfg.arch
         self.bilm = BiLM(self.opts)
         self._init_weights()
+        if init is not None:  # warm start: the encoder from the model, a new softmax over this corpus's words
+            self.bilm.load_state_dict(init.bilm.state_dict())
+            logger.info("warm start from %s (fingerprint %s)", cfg.init_from, init.fingerprint)
         p = self.opts.lstm.projection_dim
         self.head = LMHead(p, len(self.vocab), cfg.cutoffs, cfg.dropout)
         params = list(self.bilm.parameters()) + list(self.head.parameters())
@@ -108,8 +116,9 @@ class Trainer:
         self._resume()
         n_params = sum(x.numel() for x in self.bilm.parameters())
         n_tok = sum(len(s) for s in self.train)
-        logger.info("arch %s: %.2fM biLM parameters; %d train sentences, %d tokens; vocab %d",
-                    cfg.arch, n_params / 1e6, len(self.train), n_tok, len(self.vocab))
+        logger.info("arch %s: %.2fM biLM parameters; %d train sentences, %d tokens; vocab %d; %s, %d thread(s)",
+                    self.arch, n_params / 1e6, len(self.train), n_tok, len(self.vocab), cfg.precision,
+                    cfg.threads)
 
     def _init_weights(self) -> None:
         g = torch.Generator().manual_seed(self.cfg.seed)
@@ -153,8 +162,10 @@ class Trainer:
     def loss(self, sents: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Summed NLL of the forward and backward LMs, and the number of predictions of each."""
         batch = Batch.from_sentences(sents)
-        acts = self.bilm(torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
-                         torch.from_numpy(batch.lengths))  # (L+1, B, T+2, 2P)
+        bf16 = self.cfg.precision == "bf16" and self.bilm.training  # held-out perplexity in fp32
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # char-CNN and every GEMM in bf16
+            acts = self.bilm(torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
+                             torch.from_numpy(batch.lengths), torch.bfloat16 if bf16 else None)  # (L+1, B, T+2, 2P)
         top = acts[-1]  # (B, T+2, 2P)
         p = self.opts.lstm.projection_dim
         words, lens = self._targets(sents)  # (B, T+2), (B,)
@@ -185,6 +196,22 @@ class Trainer:
         frac = min(1.0, self.elapsed / (60.0 * self.cfg.max_minutes))  # linear decay over the budget
         return self.cfg.lr * warm * max(0.1, 1.0 - frac)
 
+    def train_step(self, sents: list[list[str]]) -> tuple[float, int, float]:
+        """One optimizer step on a batch of sentences -> (mean loss per prediction, predictions per
+        direction, gradient norm before clipping)."""
+        nll_f, nll_b, n = self.loss(sents)
+        loss = (nll_f + nll_b) / (2 * n)
+        for g in self.optim.param_groups:
+            g["lr"] = self._lr()
+        self.optim.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(
+            list(self.bilm.parameters()) + list(self.head.parameters()), self.cfg.clip_norm)
+        self.optim.step()
+        self.step += 1
+        self.tokens_seen += n
+        return loss.item(), n, float(gnorm)
+
     def run(self) -> None:
         cfg = self.cfg
         stop = {"now": False}
@@ -199,26 +226,14 @@ class Trainer:
                     self.epoch, self.cursor = self.epoch + 1, 0
                 self._order = self._epoch_batches(self.epoch)
             t0 = time.time()
-            idx = self._order[self.cursor]
-            sents = [self.train[i] for i in idx]
-            nll_f, nll_b, n = self.loss(sents)
-            loss = (nll_f + nll_b) / (2 * n)
-            for g in self.optim.param_groups:
-                g["lr"] = self._lr()
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                list(self.bilm.parameters()) + list(self.head.parameters()), cfg.clip_norm)
-            self.optim.step()
+            loss, n, gnorm = self.train_step([self.train[i] for i in self._order[self.cursor]])
             self.cursor += 1
-            self.step += 1
-            self.tokens_seen += n
             tok_log += n
             self.elapsed += time.time() - t0
             if self.step % 20 == 0:
                 now = time.time()
                 logger.info("step %d epoch %d loss %.3f (ppl %.1f) gnorm %.2f lr %.2e %.0f tok/s elapsed %.1f min",
-                            self.step, self.epoch, loss.item(), math.exp(loss.item()), gnorm,
+                            self.step, self.epoch, loss, math.exp(loss), gnorm,
                             self._lr(), tok_log / (now - t_log), self.elapsed / 60)
                 t_log, tok_log = now, 0
             if self.step % cfg.eval_every == 0:
@@ -251,7 +266,7 @@ class Trainer:
         state = {"bilm": self.bilm.state_dict(), "head": self.head.state_dict(),
                  "optim": self.optim.state_dict(), "step": self.step, "epoch": self.epoch,
                  "cursor": self.cursor, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
-                 "history": self.history, "config": asdict(self.cfg),
+                 "history": self.history, "config": asdict(self.cfg), "arch": self.arch,
                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}
         with atomic_local_path(self._ckpt_path()) as tmp:
             torch.save(state, tmp)
@@ -261,8 +276,10 @@ class Trainer:
         if not os.path.exists(self._ckpt_path()):
             return
         state = torch.load(self._ckpt_path(), weights_only=True)
-        if state["config"]["arch"] != self.cfg.arch:
-            raise ValueError(f"checkpoint in {self.cfg.out} is arch {state['config']['arch']}, not {self.cfg.arch}")
+        arch = state.get("arch", state["config"]["arch"])
+        if arch != self.arch:
+            raise ValueError(f"checkpoint in {self.cfg.out} is arch {arch}, not {self.arch}: "
+                             "use another --out or the same --arch / --init-from")
         self.bilm.load_state_dict(state["bilm"])
         self.head.load_state_dict(state["head"])
         self.optim.load_state_dict(state["optim"])
