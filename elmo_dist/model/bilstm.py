@@ -115,7 +115,7 @@ class _Recurrence(torch.autograd.Function):
             h = gates_in.new_zeros(b_max, p, dtype=cd)  # (B, D)
             for t, b in enumerate(batch_sizes):
                 z = act[d, t, :b]  # (b, 4C)
-                z.add_(torch.mm(h[:b], w_rec_t).to(dt))
+                z.add_(torch.mm(h[:b], w_rec_t))  # mixed dtypes: promoted in the add, no copy
                 z[:, :c].sigmoid_()
                 z[:, c:2 * c].tanh_()
                 z[:, 2 * c:].sigmoid_()
@@ -149,7 +149,7 @@ class _Recurrence(torch.autograd.Function):
         def direction(d: int) -> None:
             w_rec_c, w_proj_c = w_rec[d].to(cd), w_proj[d].to(cd)  # (4C, D), (D, C)
             d_hraw = out.new_zeros(t_max, b_max, p)  # (T, B, D) gradient at the projection's output
-            dh = out.new_zeros(b_max, p)  # (B, D) from step t+1 through W_rec
+            dh = out.new_zeros(b_max, p, dtype=cd)  # (B, D) from step t+1 through W_rec
             dc = act.new_zeros(b_max, c)  # (B, C) from step t+1 through the cell
             for t in range(len(batch_sizes) - 1, -1, -1):
                 b = batch_sizes[t]
@@ -157,7 +157,7 @@ class _Recurrence(torch.autograd.Function):
                 torch.add(grad_out[d, t, :b], dh[:b], out=g)
                 if proj_clip:
                     g.mul_(out[d, t, :b].abs() < proj_clip)
-                dm = torch.mm(g.to(cd), w_proj_c).to(dt)  # (b, C)
+                dm = torch.mm(g.to(cd), w_proj_c)  # (b, C) in cd
                 i, j, f, o = act[d, t, :b].split(c, dim=-1)
                 cell, prev = cells[d, t + 1, :b], cells[d, t, :b]
                 tc = torch.tanh(cell)  # (b, C)
@@ -165,14 +165,14 @@ class _Recurrence(torch.autograd.Function):
                 dz_i, dz_j, dz_f, dz_o = dz.split(c, dim=-1)
                 torch.mul(dm, tc, out=dz_o).mul_(o * (1 - o))
                 dcb = dc[:b]
-                dcb.add_(dm.mul_(o).mul_(1 - tc * tc))  # (b, C)
+                dcb.addcmul_(torch.mul(dm, o), tc.mul_(tc).neg_().add_(1))  # (b, C) += dm * o * (1 - tanh^2)
                 if cell_clip:
                     dcb.mul_(cell.abs() < cell_clip)
                 torch.mul(dcb, j, out=dz_i).mul_(i * (1 - i))
                 torch.mul(dcb, i, out=dz_j).mul_(1 - j * j)
                 torch.mul(dcb, prev, out=dz_f).mul_(f * (1 - f))
                 dcb.mul_(f)
-                dh[:b] = torch.mm(dz.to(cd), w_rec_c)  # (b, D)
+                torch.mm(dz.to(cd), w_rec_c, out=dh[:b])  # (b, D)
             h_prev = torch.cat([out.new_zeros(1, b_max, p), out[d, :-1]]).view(n, p)  # (T*B, D)
             g_rec[d] = torch.mm(d_gates[d].view(n, c4).t().to(cd), h_prev.to(cd))  # (4C, D)
             g_proj[d] = torch.mm(d_hraw.view(n, p).t().to(cd), m_all[d].view(n, c))  # (D, C)
@@ -372,33 +372,15 @@ class BiLstm(nn.Module):
             L tensors (B, T, 2D): ``[forward, backward]`` outputs of each layer, 0 at padding.
         """
         b_size, t_max, d = x.shape
-        order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
-        lens = lengths[order]  # (B,) sorted, longest first
-        x = x[order]  # (B, T, D)
-        lens_cpu = lens.cpu()
-        batch_sizes = [int((lens_cpu > t).sum()) for t in range(t_max)]
-        while batch_sizes and batch_sizes[-1] == 0:
-            batch_sizes.pop()
+        h, order, lens, batch_sizes = self.time_major(x, lengths)  # (2, T', B, D)
         t_used = len(batch_sizes)
-        x = x[:, :t_used]
-        # Reverse each row within its length: position t of the backward view is len-1-t.
-        ar = torch.arange(t_used, device=x.device)  # (T,)
-        rev = torch.where(ar[None] < lens[:, None], lens[:, None] - 1 - ar[None], ar[None])  # (B, T)
-        x_rev = x.gather(1, rev[..., None].expand(-1, -1, d))  # (B, T, D)
-        h = torch.stack([x, x_rev]).transpose(1, 2).contiguous()  # (2, T, B, D) time-major
-        valid = (ar[None] < lens[:, None]).T[None, :, :, None].to(x.dtype)  # (1, T, B, 1)
-        h = h * valid
+        ar = torch.arange(t_used, device=x.device)  # (T',)
+        rev = torch.where(ar[None] < lens[:, None], lens[:, None] - 1 - ar[None], ar[None])  # (B, T')
         fast = x.device.type == "cpu" and not (torch.is_grad_enabled() and self.layers[0].w_rec.requires_grad)
         if fast:
             outputs = self._run_stacks(h, batch_sizes, compute_dtype)
         else:
-            outputs = []
-            for k, layer in enumerate(self.layers):
-                y = layer(h, batch_sizes, compute_dtype)  # (2, T, B, D)
-                if k > 0:
-                    y = y + h  # skip connection (not part of the recurrence)
-                h = y
-                outputs.append(y)
+            outputs = self.run_layers(h, batch_sizes, compute_dtype)
         inv = torch.argsort(order)  # (B,) undo the length sort
         results = []
         for y in outputs:
@@ -409,6 +391,52 @@ class BiLstm(nn.Module):
                 both = torch.nn.functional.pad(both, (0, 0, 0, t_max - t_used))
             results.append(both)
         return results
+
+    @staticmethod
+    def time_major(x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """The layers' input layout: rows sorted by length, time-major, the backward direction reversed
+        within each row's length.
+
+        Args:
+            x: (B, T, D) right-padded; lengths: (B,) int64.
+        Returns:
+            h (2, T', B, D) (T' = longest length, 0 at padding), order (B,) the sort (h's row r is
+            x's row order[r]), lens (B,) sorted lengths, batch_sizes (T' ints, rows active per step).
+        """
+        d = x.shape[-1]
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
+        lens = lengths[order]  # (B,) sorted, longest first
+        lens_cpu = lens.cpu()
+        batch_sizes = [int((lens_cpu > t).sum()) for t in range(x.shape[1])]
+        while batch_sizes and batch_sizes[-1] == 0:
+            batch_sizes.pop()
+        t_used = len(batch_sizes)
+        x = x[order, :t_used]  # (B, T', D)
+        # Reverse each row within its length: position t of the backward view is len-1-t.
+        ar = torch.arange(t_used, device=x.device)  # (T',)
+        rev = torch.where(ar[None] < lens[:, None], lens[:, None] - 1 - ar[None], ar[None])  # (B, T')
+        x_rev = x.gather(1, rev[..., None].expand(-1, -1, d))  # (B, T', D)
+        h = torch.stack([x, x_rev]).transpose(1, 2).contiguous()  # (2, T', B, D) time-major
+        valid = (ar[None] < lens[:, None]).T[None, :, :, None].to(x.dtype)  # (1, T', B, 1)
+        return h * valid, order, lens, batch_sizes
+
+    def run_layers(self, h: torch.Tensor, batch_sizes: list[int],
+                   compute_dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """Every layer on the time-major layout (any device, autograd or not).
+
+        Args:
+            h: (2, T, B, D) from ``time_major``.
+        Returns:
+            L tensors (2, T, B, D), post-residual, exactly 0 at padding.
+        """
+        outputs = []
+        for k, layer in enumerate(self.layers):
+            y = layer(h, batch_sizes, compute_dtype)  # (2, T, B, D)
+            if k > 0:
+                y = y + h  # skip connection (not part of the recurrence)
+            h = y
+            outputs.append(y)
+        return outputs
 
     def _run_stacks(self, h: torch.Tensor, batch_sizes: list[int],
                     compute_dtype: torch.dtype | None) -> list[torch.Tensor]:

@@ -129,17 +129,33 @@ class BiLM(nn.Module):
         Returns:
             (L+1, B, T+2, D) activations with BOS/EOS, exactly 0 at padding.
         """
+        x, full_len = self._tokens(token_char_ids, token_index, lengths)  # (B, T+2, D/2), (B,)
+        layers = [torch.cat([x, x], dim=-1)]  # layer 0: (B, T+2, D), token vector duplicated
+        layers += self.lstm(x, full_len, compute_dtype)  # L x (B, T+2, D)
+        return torch.stack(layers)  # (L+1, B, T+2, D)
+
+    def _tokens(self, token_char_ids: torch.Tensor, token_index: torch.Tensor,
+                lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T+2, D/2) token vectors, 0 at padding, and (B,) lengths with BOS/EOS."""
         tok = self.char_cnn(token_char_ids)  # (U, D/2)
         tok = tok.to(self.lstm.layers[0].w_in.dtype)  # under autocast (training) the LSTM state stays fp32
         tok = torch.cat([tok, tok.new_zeros(1, tok.shape[1])])  # (U+1, D/2): padding row
         x = tok[token_index]  # (B, T+2, D/2)
         full_len = lengths + 2  # (B,) with BOS/EOS
-        t2 = token_index.shape[1]
-        mask = (torch.arange(t2, device=x.device)[None] < full_len[:, None])  # (B, T+2)
-        x = x * mask[..., None].to(x.dtype)
-        layers = [torch.cat([x, x], dim=-1)]  # layer 0: (B, T+2, D), token vector duplicated
-        layers += self.lstm(x, full_len, compute_dtype)  # L x (B, T+2, D)
-        return torch.stack(layers)  # (L+1, B, T+2, D)
+        mask = (torch.arange(token_index.shape[1], device=x.device)[None] < full_len[:, None])  # (B, T+2)
+        return x * mask[..., None].to(x.dtype), full_len
+
+    def top_time_major(self, token_char_ids: torch.Tensor, token_index: torch.Tensor, lengths: torch.Tensor,
+                       compute_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top layer only, left in the LSTM's layout (training: no re-ordering of every layer).
+
+        Returns:
+            top (2, T', B, D/2) (direction, time, sorted row; the backward direction reversed within
+            each row), order (B,) (row r is the batch's row order[r]), lens (B,) sorted lengths with BOS/EOS.
+        """
+        x, full_len = self._tokens(token_char_ids, token_index, lengths)
+        h, order, lens, batch_sizes = self.lstm.time_major(x, full_len)
+        return self.lstm.run_layers(h, batch_sizes, compute_dtype)[-1], order, lens
 
 
 class Elmo(nn.Module):

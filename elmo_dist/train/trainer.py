@@ -160,21 +160,30 @@ class Trainer:
         return torch.from_numpy(ids), torch.tensor([len(s) for s in sents])
 
     def loss(self, sents: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Summed NLL of the forward and backward LMs, and the number of predictions of each."""
+        """Summed NLL of the forward and backward LMs, and the number of predictions of each.
+
+        Works in the LSTM's own layout (time-major, rows sorted by length, the backward direction
+        reversed within each row), so only the top layer is computed and nothing is re-ordered: at
+        time t <= n of a row with n words, the forward LM predicts word t+1 of ``<S> w1..wn </S>``
+        and the backward LM word n-t.
+        """
         batch = Batch.from_sentences(sents)
         bf16 = self.cfg.precision == "bf16" and self.bilm.training  # held-out perplexity in fp32
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # char-CNN and every GEMM in bf16
-            acts = self.bilm(torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
-                             torch.from_numpy(batch.lengths), torch.bfloat16 if bf16 else None)  # (L+1, B, T+2, 2P)
-        top = acts[-1]  # (B, T+2, 2P)
-        p = self.opts.lstm.projection_dim
-        words, lens = self._targets(sents)  # (B, T+2), (B,)
-        pos = torch.arange(words.shape[1])[None]  # (1, T+2)
-        fwd_at = pos <= lens[:, None]  # positions 0..n predict the next word (w1..wn, </S>)
-        bwd_at = (pos >= 1) & (pos <= lens[:, None] + 1)  # positions 1..n+1 predict the previous
-        nll_f = self.head(top[..., :p][fwd_at], words[:, 1:][fwd_at[:, :-1]])
-        nll_b = self.head(top[..., p:][bwd_at], words[:, :-1][bwd_at[:, 1:]])
-        return nll_f, nll_b, int(fwd_at.sum())
+            top, order, lens = self.bilm.top_time_major(
+                torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
+                torch.from_numpy(batch.lengths), torch.bfloat16 if bf16 else None)  # (2, T', B, P)
+        _, t_max, b, p = top.shape
+        words, _ = self._targets([sents[i] for i in order.tolist()])  # (B, T+2) in sorted row order
+        n = lens.numpy() - 2  # (B,) words per sorted row
+        t = np.concatenate([np.arange(k + 1) for k in n])  # time steps 0..n of every row
+        r = np.repeat(np.arange(b), n + 1)  # their rows
+        at = torch.from_numpy(t * b + r)  # (K,) rows of the flattened (T' * B) layout
+        target_f = words[torch.from_numpy(r), torch.from_numpy(t + 1)]  # (K,)
+        target_b = words[torch.from_numpy(r), torch.from_numpy(np.repeat(n, n + 1) - t)]  # (K,)
+        nll_f = self.head(top[0].reshape(t_max * b, p).index_select(0, at), target_f)
+        nll_b = self.head(top[1].reshape(t_max * b, p).index_select(0, at), target_b)
+        return nll_f, nll_b, len(t)
 
     # ---- loop -----------------------------------------------------------------------------
     def evaluate(self) -> tuple[float, float]:

@@ -91,3 +91,29 @@ def test_fine_tuning_from_the_built_in_model(tmp_path):
     assert ppl["default"][1] < 0.8 * ppl[""][1], ppl
     tuned = Elmo.from_pretrained(tmp_path / "run-default" / "model")
     assert tuned.opts == Elmo.from_pretrained(default_model_path()).opts  # same architecture, official format
+
+
+def test_loss_in_lstm_layout_equals_loss_from_batch_major_outputs(tmp_path):
+    """The trainer reads the top layer in the LSTM's sorted, time-major layout; the same predictions
+    read from BiLM.forward's (B, T+2, 2P) output give the same summed NLL."""
+    from elmo_dist.model.elmo import Batch
+
+    cfg = TrainConfig(corpus=str(_corpus(tmp_path)), out=str(tmp_path / "run"), arch="tiny", precision="fp32")
+    tr = Trainer(cfg)
+    tr.bilm.eval()
+    tr.head.eval()
+    sents = [["a", "dog", "sees", "the", "ball", "."], ["it", "."], ["my", "friend", "likes", "a", "tree", "now", "."]]
+    with torch.no_grad():
+        nll_f, nll_b, n = tr.loss(sents)
+        batch = Batch.from_sentences(sents)
+        top = tr.bilm(torch.from_numpy(batch.token_char_ids), torch.from_numpy(batch.token_index),
+                      torch.from_numpy(batch.lengths))[-1]  # (B, T+2, 2P)
+        p = tr.opts.lstm.projection_dim
+        words, lens = tr._targets(sents)
+        ref_f = ref_b = 0.0
+        for b, s in enumerate(sents):
+            for t in range(len(s) + 1):  # forward: position t predicts t+1; backward: t+1 predicts t
+                ref_f += tr.head(top[b, t, :p][None], words[b, t + 1][None]).item()
+                ref_b += tr.head(top[b, t + 1, p:][None], words[b, t][None]).item()
+    assert n == sum(len(s) + 1 for s in sents)
+    assert abs(nll_f.item() - ref_f) < 1e-4 * ref_f and abs(nll_b.item() - ref_b) < 1e-4 * ref_b
