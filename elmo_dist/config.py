@@ -33,7 +33,9 @@ class EmbeddingSettings(BaseModel):
 
     sentence_output: Union[Literal["mix"], int] = Field(
         "mix", description="vectors pooled into sentence_embedding: the scalar mix or one layer (0..L)")
-    pooling: Literal["mean", "max"] = Field("mean", description="how token vectors become the sentence vector")
+    pooling: Literal["mean", "max", "sif"] = Field(
+        "mean", description="how token vectors become the sentence vector: mean, max, or sif (mean of "
+                            "a/(a+p(w))-weighted token vectors, word frequencies from the model's frequencies.tsv)")
     token_embeddings: bool = Field(False, description="also write one vector per token")
     token_output: Union[Literal["mix", "all"], int] = Field(
         "mix", description="per-token vectors: the mix, one layer, or all layers")

@@ -33,9 +33,10 @@ import pyarrow as pa
 from elmo_dist import schema as S
 from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState
-from elmo_dist.config import JobConfig, TextSettings
+from elmo_dist.config import ConfigError, JobConfig, TextSettings
 from elmo_dist.errors import ElmoDistError
 from elmo_dist.lease import Lease
+from elmo_dist.model.files import load_frequencies
 from elmo_dist.model.fingerprint import model_fingerprint
 from elmo_dist.output import OutputError
 from elmo_dist.paths import resolve_model
@@ -162,10 +163,22 @@ def fit_postprocessing(state: JobState, unit_ids: list[str]) -> str | None:
 
 # ---- the job ---------------------------------------------------------------------------------
 
-def output_metadata(cfg: JobConfig, fingerprint: str, dim: int) -> dict[str, Any]:
+def vectors_identity(cfg: JobConfig, model_fp: str) -> str:
+    """What the job's fingerprint hashes for the model: its fingerprint, plus the sha256 of its word
+    frequencies when the pooling uses them ("sif"; refused here, before any work, if it has none)."""
+    if cfg.embedding.pooling != "sif":
+        return model_fp
+    freq = load_frequencies(cfg.model)
+    if freq is None:
+        raise ConfigError(f"pooling 'sif' needs word frequencies: {storage.redact(cfg.model)} has no "
+                          f"frequencies.tsv (models exported by `elmo-dist train` have one)")
+    return f"{model_fp}+freq:{freq[1][:16]}"
+
+
+def output_metadata(cfg: JobConfig, fingerprint: str, dim: int, identity: str | None = None) -> dict[str, Any]:
     return {"format": 1, "model": {"source": storage.redact(cfg.model), "fingerprint": fingerprint, "output_dim": dim},
             "text": cfg.text.model_dump(mode="json"), "embedding": cfg.embedding.model_dump(mode="json"),
-            "compute_dtype": cfg.run.compute_dtype, "config_fingerprint": cfg.fingerprint(fingerprint)}
+            "compute_dtype": cfg.run.compute_dtype, "config_fingerprint": cfg.fingerprint(identity or fingerprint)}
 
 
 def init_ray(address: str | None) -> None:
@@ -220,6 +233,7 @@ class Plan:
     units: list[Unit]
     model_fingerprint: str
     dim: int
+    identity: str  # model_fingerprint, + the word frequencies' hash for "sif" pooling (vectors_identity)
 
     @property
     def unit_ids(self) -> list[str]:
@@ -230,9 +244,10 @@ def plan(cfg: JobConfig, files: list[InputFile], pack: bool = True) -> Plan:
     """Check the files' schemas and null ids (before any work), cut them into units (small files
     packed together unless ``pack`` is off), fingerprint the model. Shared by ``run`` and ``refresh``."""
     check_schema(files, cfg.text)
-    units = plan_units(files, cfg.run.rows_per_unit, pack=pack)
     fp, dim = model_fingerprint(cfg.model)
-    return Plan(units, fp, dim)
+    identity = vectors_identity(cfg, fp)
+    units = plan_units(files, cfg.run.rows_per_unit, pack=pack)
+    return Plan(units, fp, dim, identity)
 
 
 def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:
@@ -252,7 +267,7 @@ def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:
         state.cleanup()  # temporaries of writers killed earlier (no writer runs: we hold the lease)
         files = list_inputs(cfg.inputs)
         job = plan(cfg, files)
-        resuming = state.begin(cfg, job.model_fingerprint, job.unit_ids)
+        resuming = state.begin(cfg, job.identity, job.unit_ids)
         done = set(state.scan().records)
         pending = [u for u in job.units if u.unit_id not in done]
         logger.info("%d input files, %d rows, %d work units (%d done, %d to do)%s",
@@ -260,7 +275,8 @@ def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:
                     len(pending), " - resuming" if resuming else "")
         run_stats: dict[str, Any] = {"new_units": 0}
         if pending:
-            run_stats = embed_units(cfg, output_metadata(cfg, job.model_fingerprint, job.dim), pending, state)
+            run_stats = embed_units(cfg, output_metadata(cfg, job.model_fingerprint, job.dim, job.identity),
+                                    pending, state)
         else:
             logger.info("nothing to do: every unit of %s is already embedded", storage.redact(cfg.output))
         lease.check()

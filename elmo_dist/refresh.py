@@ -288,7 +288,7 @@ def refresh(cfg: JobConfig, model: str | None = None, keep_versions: int = 3, le
 def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
                     before_publish: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     from elmo_dist.model.fingerprint import model_fingerprint
-    from elmo_dist.pipeline import embed_units, output_metadata, plan, summarize
+    from elmo_dist.pipeline import embed_units, output_metadata, plan, summarize, vectors_identity
 
     fs, root = filesystem(cfg.output)
     pointer, pointer_token = store.read(CURRENT)
@@ -307,7 +307,8 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
 
     files = list_inputs(cfg.inputs)
     model_fp, _ = model_fingerprint(cfg.model)
-    config_fp = cfg.fingerprint(model_fp)
+    identity = vectors_identity(cfg, model_fp)
+    config_fp = cfg.fingerprint(identity)
     prev_inputs: dict[str, dict] = current["inputs"] if current else {}
     listing = {f.uri: f for f in files}
     diff = diff_inputs(prev_inputs, listing)
@@ -351,8 +352,8 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
     run_stats: dict[str, Any] = {"new_units": 0}
     if pending:
         state = JobState(cfg.output, f"{RUNS}/{run_id}")
-        state.begin(cfg, model_fp, ids)
-        run_stats = embed_units(cfg, output_metadata(cfg, model_fp, job.dim), pending, state,
+        state.begin(cfg, identity, ids)
+        run_stats = embed_units(cfg, output_metadata(cfg, model_fp, job.dim, identity), pending, state,
                                 subdir=f"{DATA}/{config_fp}")
         records.update(state.scan(ids, data_dir=f"{DATA}/{config_fp}").records)
     missing = [u for u in ids if u not in records]

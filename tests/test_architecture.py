@@ -18,7 +18,7 @@ LAYERS = [
     {"elmo_dist.model"},
     {"elmo_dist.stages", "elmo_dist.checkpoint", "elmo_dist.lease", "elmo_dist.output"},
     {"elmo_dist.pipeline"},
-    {"elmo_dist.refresh", "elmo_dist.search", "elmo_dist.interop", "elmo_dist.train"},
+    {"elmo_dist.refresh", "elmo_dist.search", "elmo_dist.interop", "elmo_dist.train", "elmo_dist.evaluate"},
     {"elmo_dist.cli", "elmo_dist.__main__"},
 ]
 

@@ -9,7 +9,7 @@ from conftest import write_corpus
 from elmo_dist.cli import build_parser, main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ["elmo", "embed", "export", "refresh", "search", "status", "train", "verify"]
+COMMANDS = ["elmo", "embed", "evaluate", "export", "refresh", "search", "status", "train", "verify"]
 
 
 def _subcommands():

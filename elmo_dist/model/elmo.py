@@ -19,7 +19,7 @@ import torch.nn as nn
 from elmo_dist.model.bilstm import BiLstm
 from elmo_dist.model.char_cnn import CharCNN
 from elmo_dist.model.batching import plan_batches
-from elmo_dist.model.files import load_official_files, load_official_pair  # noqa: F401  (re-exported)
+from elmo_dist.model.files import load_frequencies, load_official_files, load_official_pair  # noqa: F401
 from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_SENTENCE_SPLIT = TextSettings.model_fields["sentence_split"].default  # the job's splitter
 
 Output = Literal["mix", "all"] | int
-Pooling = Literal["mean", "max"] | None
+Pooling = Literal["mean", "max", "sif"] | None
+SIF_A = 1e-3  # Arora et al.'s a in the SIF token weight a / (a + p(w))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -175,6 +176,8 @@ class Elmo(nn.Module):
         self.compute_dtype = compute_dtype
         self.fingerprint = ""
         self.source = ""
+        self.frequencies: dict[str, int] | None = None  # training word counts (frequencies.tsv), for "sif"
+        self.frequencies_sha = ""
         self._tokenizers: dict[bool, object] = {}  # split_sentences -> Tokenizer, built on first use
         self.eval()
 
@@ -210,6 +213,9 @@ class Elmo(nn.Module):
         model.load_official(weights)
         model.fingerprint = fingerprint_arrays(opts, weights)
         model.source = path
+        freq = load_frequencies(path)
+        if freq is not None:
+            model.frequencies, model.frequencies_sha = freq
         logger.info("loaded ELMo %s (D=%d, %d layers, fingerprint %s)", path,
                     opts.output_dim, model.bilm.num_layers, model.fingerprint)
         return model
@@ -378,12 +384,27 @@ class Elmo(nn.Module):
             layers, mask = self.forward_batch(Batch.from_sentences([tokens[i] for i in idx]))
             yield idx, layers, mask
 
+    def sif_weights(self, sentences: Sequence[Sequence[str]], t: int) -> torch.Tensor:
+        """(B, T) SIF token weights ``a / (a + p(w))`` from the model's ``frequencies.tsv`` (0 at padding;
+        a word it never counted weighs as one counted once). Frequent words weigh little."""
+        if not self.frequencies:
+            raise OptionsError(f"pooling 'sif' needs word frequencies: {self.source or 'this model'} has no "
+                               "frequencies.tsv (models exported by `elmo-dist train` have one)")
+        if not hasattr(self, "_sif_table"):
+            self._sif_table = sif_table(self.frequencies)
+        table, rare = self._sif_table
+        out = torch.zeros(len(sentences), t)
+        for b, s in enumerate(sentences):
+            out[b, : len(s)] = torch.tensor([table.get(w, rare) for w in s])
+        return out
+
     def _embed_window(self, sents, token_budget, output, pooling, max_sentences=None):
         lengths = [len(s) for s in sents]
         results: list[np.ndarray | None] = [None] * len(sents)
         for idx, layers, mask in self.embed_in_batches(sents, token_budget, max_sentences):
             out = self.select(layers, output)  # (B, T, D) or (B, L+1, T, D)
-            vecs = pool(out, mask, pooling) if pooling else out
+            w = self.sif_weights([sents[i] for i in idx], mask.shape[1]).to(out.device) if pooling == "sif" else None
+            vecs = pool(out, mask, pooling, w) if pooling else out
             vecs = vecs.cpu().numpy()
             for j, i in enumerate(idx):
                 results[i] = vecs[j] if pooling else vecs[j][..., : lengths[i], :]
@@ -429,10 +450,25 @@ def _check_kinds(sentences: Sequence) -> None:
                             "give all raw strings or all token lists, not a mix")
 
 
-def pool(x: torch.Tensor, mask: torch.Tensor, how: Literal["mean", "max"]) -> torch.Tensor:
-    """Pool over tokens. x: (B, T, D) or (B, K, T, D); mask: (B, T). Empty rows give 0."""
+def sif_table(counts: dict[str, int], a: float = SIF_A) -> tuple[dict[str, float], float]:
+    """SIF token weights ``a / (a + p(w))`` of counted words, and the weight of an uncounted word (as if
+    counted once)."""
+    total = float(sum(counts.values())) or 1.0
+    return {w: a / (a + c / total) for w, c in counts.items()}, a / (a + 1.0 / total)
+
+
+def pool(x: torch.Tensor, mask: torch.Tensor, how: Literal["mean", "max", "sif"],
+         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool over tokens. x: (B, T, D) or (B, K, T, D); mask: (B, T); weights: (B, T) token weights for
+    "sif" (the mean of weight x vector: Arora et al. 2017). Empty rows give 0."""
     m = mask[:, None, :, None] if x.dim() == 4 else mask[..., None]  # broadcast over D (and K)
     m = m.to(x.dtype)
+    if how == "sif":
+        if weights is None:
+            raise ValueError("pooling 'sif' needs token weights")
+        w = weights.to(x.dtype)
+        w = w[:, None, :, None] if x.dim() == 4 else w[..., None]
+        return (x * m * w).sum(dim=-2) / m.sum(dim=-2).clamp(min=1.0)
     if how == "mean":
         n = m.sum(dim=-2).clamp(min=1.0)
         return (x * m).sum(dim=-2) / n
@@ -440,4 +476,4 @@ def pool(x: torch.Tensor, mask: torch.Tensor, how: Literal["mean", "max"]) -> to
         big = torch.finfo(x.dtype).min
         out = torch.where(m.bool(), x, torch.full_like(x, big)).max(dim=-2).values
         return torch.where(m.bool().any(dim=-2), out, torch.zeros_like(out))
-    raise ValueError(f"pooling must be 'mean' or 'max', got {how!r}")
+    raise ValueError(f"pooling must be 'mean', 'max' or 'sif', got {how!r}")

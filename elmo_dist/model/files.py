@@ -7,6 +7,8 @@ import numpy as np
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights
 
+FREQUENCIES_FILE = "frequencies.tsv"  # word<TAB>count beside options.json: unigram counts for SIF pooling
+
 
 def load_official_files(path: str) -> tuple[ElmoOptions, dict[str, np.ndarray]]:
     """Options and weight arrays of a model directory (local or URI), validated.
@@ -42,3 +44,23 @@ def _read_text(uri: str) -> str:
             return fh.read()
     with open(uri) as fh:
         return fh.read()
+
+
+def load_frequencies(path: str) -> tuple[dict[str, int], str] | None:
+    """Word counts of a model directory's ``frequencies.tsv`` (local or URI) and the file's sha256, or None
+    when the model has none (or ``path`` names the two files, not a directory)."""
+    import hashlib
+
+    if "," in path:
+        return None
+    uri = f"{path.rstrip('/')}/{FREQUENCIES_FILE}"
+    try:
+        text = _read_text(uri)
+    except FileNotFoundError:
+        return None
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        word, _, n = line.partition("\t")
+        if word and n.isdigit():
+            counts[word] = int(n)
+    return (counts, hashlib.sha256(text.encode()).hexdigest()) if counts else None

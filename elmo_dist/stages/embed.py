@@ -90,7 +90,10 @@ class Embedder:
         padded = 0
         for idx, layers, mask in self.elmo.embed_in_batches(tokens, self.token_budget):
             padded += len(idx) * int(lengths[idx].max())
-            sent[idx] = pool(self.elmo.select(layers, st.sentence_output), mask, st.pooling).cpu().numpy()
+            sel = self.elmo.select(layers, st.sentence_output)  # (b, T, D)
+            w = self.elmo.sif_weights([tokens[i] for i in idx], mask.shape[1]).to(sel.device) \
+                if st.pooling == "sif" else None
+            sent[idx] = pool(sel, mask, st.pooling, w).cpu().numpy()
             if st.token_embeddings:
                 tok = self.elmo.select(layers, st.token_output).cpu().numpy()  # (b, T, D) / (b, L+1, T, D)
                 for j, i in enumerate(idx):

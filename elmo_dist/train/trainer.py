@@ -60,6 +60,18 @@ def read_sentences(path: str, limit_tokens: int = 0) -> list[list[str]]:
     return out
 
 
+FREQUENCY_WORDS = 100_000  # words (most frequent first) in an exported model's frequencies.tsv
+
+
+def write_frequencies(counts: collections.Counter, path: str, max_words: int = FREQUENCY_WORDS) -> None:
+    """``word<TAB>count`` lines, most frequent first: the unigram counts of the training text, shipped
+    next to options.json for frequency-weighted (SIF) pooling."""
+    with atomic_local_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for w, c in counts.most_common(max_words):
+            if "\t" not in w and "\n" not in w:
+                fh.write(f"{w}\t{c}\n")
+
+
 def build_vocab(sentences: list[list[str]], size: int) -> list[str]:
     counts = collections.Counter(t for s in sentences for t in s)
     words = [w for w, _ in counts.most_common(max(0, size - 3))]
@@ -303,6 +315,8 @@ class Trainer:
         elmo = Elmo(self.opts)
         elmo.bilm.load_state_dict(self.bilm.state_dict())
         elmo.save_pretrained(directory, dtype=dtype)
+        write_frequencies(collections.Counter(t for s in self.train for t in s),
+                          os.path.join(directory, "frequencies.tsv"))
         logger.info("exported %s", directory)
         return elmo
 

@@ -1,0 +1,363 @@
+"""`elmo-dist evaluate`: how well a model's sentence vectors rank similar pairs and separate labels.
+
+Two kinds of data the user brings (or the sets ``tools/evaluate_model.py --write-sets`` builds):
+
+* **pairs**: ``sentence1, sentence2, score`` rows (human similarity). Metric: Spearman correlation
+  (x100 in the table) between the gold scores and the cosine of the two sentence vectors.
+* **labelled**: ``text, label`` rows. Metric: a logistic regression on the sentence vectors
+  (standardised, C = 1), stratified k-fold cross-validated (seeded): accuracy and macro-F1.
+
+Every combination of representation (the model's scalar mix and each layer), pooling (``mean`` of
+the token vectors, or ``sif``: the mean of ``a / (a + p(w))``-weighted token vectors, Arora et al.
+2017) and post-processing (``elmo_dist.similarity``: none, center, abtt, whiten; fitted on the
+set's own texts, without labels) is scored; TF-IDF (word uni+bigrams) is the reference row. A text
+is split into sentences (the job's default splitter) and Moses-tokenized; its vector pools all its
+tokens. Word frequencies for ``sif`` come from the model directory's ``frequencies.tsv`` when it
+has one (``word<TAB>count``, written by ``elmo-dist train``; what the job's ``--pooling sif`` uses),
+else from the texts being evaluated.
+
+Classifiers, CV and TF-IDF use scikit-learn (the ``eval`` extra); pairs with ELMo vectors need
+only NumPy. Shapes: N texts, L+1 layers, D dims.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from elmo_dist.config import DEFAULT_TOKEN_BUDGET
+from elmo_dist.errors import ElmoDistError
+from elmo_dist.model.elmo import SIF_A, sif_table
+from elmo_dist.similarity import DEFAULT_K, METHODS, Postprocessor
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "sif")
+PAIR_COLUMNS = ("sentence1", "sentence2", "score")
+LABELLED_COLUMNS = ("text", "label")
+
+
+class EvaluateError(ElmoDistError):
+    """Bad evaluation data or options (one line, naming the file, column or row)."""
+
+
+@dataclass
+class PairSet:
+    name: str
+    a: list[str]
+    b: list[str]
+    gold: np.ndarray  # (N,) float
+
+
+@dataclass
+class LabelledSet:
+    name: str
+    texts: list[str]
+    labels: np.ndarray  # (N,) label strings
+    classes: list[str] = field(default_factory=list)
+
+
+# ---- data ----------------------------------------------------------------------------------
+def _read_table(path: str) -> dict[str, list]:
+    """Columns of a .tsv / .csv (header row) / .jsonl / .parquet file."""
+    if not os.path.exists(path):
+        raise EvaluateError(f"{path}: no such file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pydict()
+    if ext == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for i, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as e:
+                        raise EvaluateError(f"{path}: line {i} is not JSON ({e.msg})") from None
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        return {k: [r.get(k) for r in rows] for k in keys}
+    if ext in (".tsv", ".csv", ".txt"):
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter="," if ext == ".csv" else "\t", quoting=csv.QUOTE_MINIMAL)
+            try:
+                header = next(reader)
+            except StopIteration:
+                raise EvaluateError(f"{path}: empty file") from None
+            cols: dict[str, list] = {h.strip(): [] for h in header}
+            for i, row in enumerate(reader, 2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise EvaluateError(f"{path}: line {i} has {len(row)} fields, the header {len(header)}")
+                for h, v in zip(cols, row):
+                    cols[h].append(v)
+        return cols
+    raise EvaluateError(f"{path}: unknown format {ext!r} (use .tsv, .csv, .jsonl or .parquet)")
+
+
+def _columns(path: str, table: dict[str, list], names: Sequence[str]) -> list[list]:
+    missing = [c for c in names if c not in table]
+    if missing:
+        raise EvaluateError(f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(table) or 'none'}; "
+                            f"expected {', '.join(names)})")
+    out = [table[c] for c in names]
+    for name, col in zip(names, out):
+        for i, v in enumerate(col):
+            if v is None or (isinstance(v, str) and not v.strip()):
+                raise EvaluateError(f"{path}: row {i + 1} has an empty {name!r}")
+    if not out[0]:
+        raise EvaluateError(f"{path}: no rows")
+    return out
+
+
+def read_pairs(path: str, name: str | None = None) -> PairSet:
+    """Columns sentence1, sentence2, score (a number)."""
+    a, b, score = _columns(path, _read_table(path), PAIR_COLUMNS)
+    gold = np.empty(len(score))
+    for i, v in enumerate(score):
+        try:
+            gold[i] = float(v)
+        except (TypeError, ValueError):
+            raise EvaluateError(f"{path}: row {i + 1}: score {v!r} is not a number") from None
+    if len(a) < 3:
+        raise EvaluateError(f"{path}: {len(a)} pairs; a rank correlation needs at least 3")
+    return PairSet(name or _stem(path), [str(x) for x in a], [str(x) for x in b], gold)
+
+
+def read_labelled(path: str, name: str | None = None, folds: int = 5) -> LabelledSet:
+    """Columns text, label (any values: each distinct value is a class)."""
+    texts, labels = _columns(path, _read_table(path), LABELLED_COLUMNS)
+    y = np.array([str(v) for v in labels])
+    classes, counts = np.unique(y, return_counts=True)
+    if len(classes) < 2:
+        raise EvaluateError(f"{path}: one label only ({classes[0]!r}); classification needs two or more")
+    if counts.min() < folds:
+        raise EvaluateError(f"{path}: label {classes[counts.argmin()]!r} has {counts.min()} rows, fewer than "
+                            f"the {folds} cross-validation folds")
+    return LabelledSet(name or _stem(path), [str(t) for t in texts], y, [str(c) for c in classes])
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+# ---- metrics -------------------------------------------------------------------------------
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..N-1, ties given their average rank."""
+    x = np.asarray(x)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    start = np.cumsum(counts) - counts
+    return (start + (counts - 1) / 2.0)[inverse.ravel()]
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson's of the tie-averaged ranks); 0 when one side is constant."""
+    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    den = np.sqrt((rx @ rx) * (ry @ ry))
+    return float(rx @ ry / den) if den > 0 else 0.0
+
+
+def paired_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, D), (N, D) -> (N,) cosine of each row pair (0 for a zero row)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return (a * b).sum(axis=1) / np.where(na * nb == 0, 1.0, na * nb)
+
+
+def _sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise EvaluateError("labelled sets and the TF-IDF rows need scikit-learn: pip install 'elmo-dist[eval]'") \
+            from None
+
+
+def cross_validate(x, y: np.ndarray, folds: int = 5, seed: int = 0, scale: bool = True) -> dict:
+    """Stratified k-fold logistic regression (C = 1): accuracy and macro-F1 of the out-of-fold predictions."""
+    _sklearn()
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = ([StandardScaler()] if scale else []) + [LogisticRegression(max_iter=2000)]
+    pred = cross_val_predict(make_pipeline(*steps), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro"))}
+
+
+def _tfidf(texts: list[str]):
+    _sklearn()
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return TfidfVectorizer(token_pattern=r"\S+", lowercase=True, ngram_range=(1, 2), sublinear_tf=True).fit(texts)
+
+
+# ---- vectors -------------------------------------------------------------------------------
+def sif_weights(counts: dict[str, int], a: float = SIF_A):
+    """word -> a / (a + p(w)) (the model's own rule, ``elmo_dist.model.elmo.sif_table``)."""
+    table, rare = sif_table(counts, a)
+    return lambda w: table.get(w, rare)
+
+
+def text_vectors(elmo, texts: Sequence[str], weight=None, token_budget: int = DEFAULT_TOKEN_BUDGET
+                 ) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """Pooled per-layer vectors of each text: {"mean": (N, L+1, D), "sif": (N, L+1, D)} and each text's
+    tokens. A text with no token gets zeros."""
+    sents, owner, tokens = [], [], []
+    for i, text in enumerate(texts):
+        toks = []
+        for s in elmo.tokenize(text, split_sentences=True):
+            sents.append(s)
+            owner.append(i)
+            toks.extend(s)
+        tokens.append(toks)
+    n_layers, dim = elmo.bilm.num_layers, elmo.output_dim
+    sums = {p: np.zeros((len(texts), n_layers, dim)) for p in POOLINGS}
+    counts = np.zeros(len(texts))
+    for idx, layers, mask in elmo.embed_in_batches(sents, token_budget):
+        layers = layers.cpu().numpy()  # (L+1, b, T, D)
+        for j, k in enumerate(idx):
+            s, i = sents[k], owner[k]
+            v = layers[:, j, : len(s)]  # (L+1, n, D)
+            sums["mean"][i] += v.sum(axis=1)
+            w = np.array([weight(t) for t in s]) if weight is not None else np.ones(len(s))
+            sums["sif"][i] += (v * w[None, :, None]).sum(axis=1)
+            counts[i] += len(s)
+    return {p: (x / np.maximum(counts, 1)[:, None, None]).astype(np.float32) for p, x in sums.items()}, tokens
+
+
+def _representations(elmo, pooled: np.ndarray) -> dict[str, np.ndarray]:
+    """(N, L+1, D) -> {"mix": (N, D), "layer0": .., ...}; the scalar mix is linear, so mixing pooled
+    layers equals pooling the mixed vectors."""
+    import torch
+
+    with torch.no_grad():
+        mix = elmo.scalar_mix(torch.from_numpy(np.ascontiguousarray(pooled.transpose(1, 0, 2)))).numpy()
+    return {"mix": mix, **{f"layer{k}": pooled[:, k] for k in range(pooled.shape[1])}}
+
+
+def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
+    if method == "none":
+        return x
+    k = min(DEFAULT_K.get(method, 0) or x.shape[1], x.shape[1], max(1, x.shape[0] - 1)) \
+        if method in DEFAULT_K else None
+    return Postprocessor.fit(x, method, k).transform(x)
+
+
+# ---- the evaluation ------------------------------------------------------------------------
+def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet] = (), *,
+             frequencies: dict[str, int] | None = None, poolings: Sequence[str] = POOLINGS,
+             postprocess: Sequence[str] = METHODS, folds: int = 5, seed: int = 0, tfidf: bool = True,
+             token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[dict]:
+    """Score ``elmo`` on every set; one row per (set, representation, pooling, post-processing, metric).
+
+    Rows: {"set", "kind" (pairs|labelled), "representation" (mix, layerK, tfidf), "pooling",
+    "postprocess", "metric" (spearman|accuracy|macro_f1), "value", "n"}. Spearman is a correlation
+    in [-1, 1] (the table prints x100).
+    """
+    for p in poolings:
+        if p not in POOLINGS:
+            raise EvaluateError(f"pooling must be one of {', '.join(POOLINGS)}, got {p!r}")
+    for m in postprocess:
+        if m not in METHODS:
+            raise EvaluateError(f"postprocess must be one of {', '.join(METHODS)}, got {m!r}")
+    if labelled:
+        _sklearn()
+    if tfidf:
+        try:
+            _sklearn()
+        except EvaluateError:
+            logger.warning("scikit-learn is not installed: no TF-IDF rows")
+            tfidf = False
+    texts: dict[str, None] = {}
+    for s in pairs:
+        texts.update(dict.fromkeys(s.a + s.b))
+    for s in labelled:
+        texts.update(dict.fromkeys(s.texts))
+    order = list(texts)
+    t0 = time.time()
+    source = "given"
+    if frequencies is None:
+        frequencies, source = getattr(elmo, "frequencies", None), "model"  # the model's frequencies.tsv
+    if "sif" in poolings and frequencies is None:  # else: counted over the texts being evaluated
+        source = "texts"
+        frequencies = collections.Counter(t for text in order for s in elmo.tokenize(text, split_sentences=True)
+                                          for t in s)
+    weight = sif_weights(frequencies) if "sif" in poolings else None
+    pooled, tokens = text_vectors(elmo, order, weight, token_budget)
+    n_tok = sum(len(t) for t in tokens)
+    logger.info("embedded %d texts (%d tokens) in %.1f s", len(order), n_tok, time.time() - t0)
+    row_of = {t: i for i, t in enumerate(order)}
+    joined = {t: " ".join(tok) for t, tok in zip(order, tokens)}
+    reps = {p: _representations(elmo, pooled[p]) for p in poolings}
+    out: list[dict] = []
+
+    def emit(s, kind, rep, pooling, pp, metric, value):
+        out.append({"set": s.name, "kind": kind, "representation": rep, "pooling": pooling, "postprocess": pp,
+                    "metric": metric, "value": round(float(value), 4), "n": len(s.a) if kind == "pairs" else
+                    len(s.texts), **({"sif_frequencies": source} if pooling == "sif" else {})})
+
+    for s in pairs:
+        ia = np.array([row_of[t] for t in s.a])
+        ib = np.array([row_of[t] for t in s.b])
+        used = np.unique(np.concatenate([ia, ib]))  # fit post-processing on this set's texts
+        for pooling in poolings:
+            for rep, x in reps[pooling].items():
+                for pp in postprocess:
+                    z = _postprocessed(x[used], pp)
+                    y = np.zeros((x.shape[0], z.shape[1]), np.float32)
+                    y[used] = z
+                    emit(s, "pairs", rep, pooling, pp, "spearman", spearman(paired_cosine(y[ia], y[ib]), s.gold))
+        if tfidf:
+            vec = _tfidf([joined[t] for t in s.a + s.b])
+            ca = vec.transform([joined[t] for t in s.a])
+            cb = vec.transform([joined[t] for t in s.b])
+            cos = np.asarray(ca.multiply(cb).sum(axis=1)).ravel()  # rows are L2-normalised
+            emit(s, "pairs", "tfidf", "-", "-", "spearman", spearman(cos, s.gold))
+    for s in labelled:
+        idx = np.array([row_of[t] for t in s.texts])
+        for pooling in poolings:
+            for rep, x in reps[pooling].items():
+                for pp in postprocess:
+                    scores = cross_validate(_postprocessed(x[idx], pp), s.labels, folds, seed)
+                    for metric in ("accuracy", "macro_f1"):
+                        emit(s, "labelled", rep, pooling, pp, metric, scores[metric])
+        if tfidf:
+            x = _tfidf([joined[t] for t in s.texts]).transform([joined[t] for t in s.texts])
+            scores = cross_validate(x, s.labels, folds, seed, scale=False)
+            for metric in ("accuracy", "macro_f1"):
+                emit(s, "labelled", "tfidf", "-", "-", metric, scores[metric])
+    logger.info("evaluated %d set(s), %d rows in %.1f s", len(pairs) + len(labelled), len(out), time.time() - t0)
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """A markdown table: one line per set / representation / pooling, one column per post-processing."""
+    methods = list(dict.fromkeys(r["postprocess"] for r in rows if r["postprocess"] != "-"))
+    keys = list(dict.fromkeys((r["set"], r["metric"], r["representation"], r["pooling"]) for r in rows))
+    value = {(r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"]): r["value"] for r in rows}
+    scale = {"spearman": 100.0, "accuracy": 100.0, "macro_f1": 100.0}
+    lines = ["| set | metric (x100) | representation | pooling | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    for s, metric, rep, pooling in keys:
+        if rep == "tfidf":
+            v = value[(s, metric, rep, pooling, "-")] * scale[metric]
+            cells = [f"{v:.1f}"] + [""] * (len(methods) - 1)
+        else:
+            cells = [f"{value[(s, metric, rep, pooling, m)] * scale[metric]:.1f}"
+                     if (s, metric, rep, pooling, m) in value else "" for m in methods]
+        lines.append(f"| {s} | {metric} | {rep} | {pooling} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""`elmo-dist evaluate`: data files checked up front, metrics against reference math, scores that follow
+the model's own vectors."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from elmo_dist.cli import main
+from elmo_dist.evaluate import (EvaluateError, evaluate, format_table, rankdata, read_labelled, read_pairs,
+                                sif_weights, spearman)
+
+SENTS = ["The cat sat on the mat .", "A dog ran in the park .", "Stocks fell sharply on Monday .",
+         "The market rallied late in the day .", "She painted the old fence white .", "Rain is expected tomorrow .",
+         "He reads a book every week .", "The team won the final match ."]
+
+
+def test_spearman_matches_the_textbook_formula_and_averages_ties():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=30), rng.normal(size=30)
+    d = rankdata(x) - rankdata(y)
+    assert spearman(x, y) == pytest.approx(1 - 6 * (d @ d) / (30 * (30 ** 2 - 1)), abs=1e-12)
+    assert list(rankdata(np.array([10, 20, 20, 5]))) == [1.0, 2.5, 2.5, 0.0]
+    assert spearman(np.array([1, 2, 3.0]), np.array([3, 2, 1.0])) == pytest.approx(-1.0)
+    assert spearman(np.ones(4), np.arange(4.0)) == 0.0
+
+
+def test_sif_weights():
+    w = sif_weights({"the": 900, "cat": 100}, a=1e-3)
+    assert w("the") == pytest.approx(1e-3 / (1e-3 + 0.9))
+    assert w("cat") == pytest.approx(1e-3 / (1e-3 + 0.1))
+    assert w("zebra") == pytest.approx(1e-3 / (1e-3 + 1 / 1000))  # unseen: as a word seen once
+
+
+def _write(path, header, rows):
+    path.write_text("\t".join(header) + "\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+    return str(path)
+
+
+def test_bad_files_are_named_before_any_work(tmp_path):
+    with pytest.raises(EvaluateError, match=r"p\.tsv: missing column\(s\) score"):
+        read_pairs(_write(tmp_path / "p.tsv", ["sentence1", "sentence2"], [("a", "b")] * 3))
+    with pytest.raises(EvaluateError, match=r"q\.tsv: row 2: score 'high' is not a number"):
+        read_pairs(_write(tmp_path / "q.tsv", ["sentence1", "sentence2", "score"],
+                          [("a", "b", 1), ("c", "d", "high"), ("e", "f", 2)]))
+    with pytest.raises(EvaluateError, match=r"l\.tsv: one label only"):
+        read_labelled(_write(tmp_path / "l.tsv", ["text", "label"], [("a", "x")] * 10))
+    with pytest.raises(EvaluateError, match=r"m\.tsv: row 2 has an empty 'text'"):
+        read_labelled(_write(tmp_path / "m.tsv", ["text", "label"], [("a", "x"), (" ", "y")]))
+    with pytest.raises(EvaluateError, match=r"unknown format"):
+        read_pairs(_write(tmp_path / "p.xlsx", ["a"], []))
+
+
+def test_pairs_scored_by_the_models_own_cosine(tiny_elmo, tmp_path):
+    """Gold = the cosine of the model's own mean-pooled mix vectors (computed here with the public API):
+    the (mix, mean, none) row must then be a perfect rank correlation, and the others must not all be."""
+    vec = {s: v for s, v in zip(SENTS, tiny_elmo.embed_sentences(SENTS, pooling="mean"))}
+    pairs = [(a, b) for i, a in enumerate(SENTS) for b in SENTS[i + 1:]]
+    gold = [float(vec[a] @ vec[b] / np.linalg.norm(vec[a]) / np.linalg.norm(vec[b])) for a, b in pairs]
+    ps = read_pairs(_write(tmp_path / "own.tsv", ["sentence1", "sentence2", "score"],
+                           [(a, b, g) for (a, b), g in zip(pairs, gold)]))
+    rows = evaluate(tiny_elmo, [ps], tfidf=False)
+    assert len(rows) == (1 + 3) * 2 * 4  # representations x poolings x post-processings
+    by = {(r["representation"], r["pooling"], r["postprocess"]): r["value"] for r in rows}
+    assert by[("mix", "mean", "none")] == pytest.approx(1.0, abs=1e-4)
+    assert min(by.values()) < 0.99
+    assert all(-1 <= v <= 1 for v in by.values())
+    assert "| own | spearman | mix | mean | 100.0 |" in format_table(rows)
+
+
+def test_labelled_cross_validation_separates_an_easy_task(tiny_elmo, tmp_path):
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(0)
+    pos = ["great", "wonderful", "superb", "lovely"]
+    neg = ["awful", "terrible", "dreadful", "horrid"]
+    rows = []
+    for i in range(40):
+        label = "pos" if i % 2 else "neg"
+        word = rng.choice(pos if label == "pos" else neg)
+        rows.append((f"the film was {word} and {rng.choice(pos if label == 'pos' else neg)} .", label))
+    ls = read_labelled(_write(tmp_path / "films.tsv", ["text", "label"], rows))
+    out = evaluate(tiny_elmo, labelled=[ls], poolings=["mean"], postprocess=["none", "center"])
+    acc = {(r["representation"], r["postprocess"]): r["value"] for r in out if r["metric"] == "accuracy"}
+    assert acc[("tfidf", "-")] == 1.0  # the words give the label away
+    assert acc[("layer0", "none")] > 0.9  # so do the char-CNN's context-free vectors
+    assert all(0 <= r["value"] <= 1 for r in out)
+
+
+def test_cli_one_line_errors_and_json(tiny_dir, tmp_path, capsys):
+    assert main(["evaluate", "--model", tiny_dir]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", str(tmp_path / "missing.tsv")]) == 2
+    assert "missing.tsv: no such file" in capsys.readouterr().err
+    p = _write(tmp_path / "p.tsv", ["sentence1", "sentence2", "score"],
+               [(SENTS[i], SENTS[i + 1], i) for i in range(6)])
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--pooling", "mean", "--postprocess", "none",
+                 "--no-tfidf", "--json", "-"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["representation"] for r in rows] == ["mix", "layer0", "layer1", "layer2"]
+    assert all(r["set"] == "p" and r["n"] == 6 and not math.isnan(r["value"]) for r in rows)
