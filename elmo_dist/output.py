@@ -10,6 +10,10 @@ construction.
 with each other (same model, embedding width and sentence settings), for search and its index;
 ``ShardSet.iter_vectors`` streams their sentence vectors in global row order (a row's position in
 the concatenation of the shards, in ``list_shards`` order).
+
+``stored_postprocessor`` / ``stored_moments`` find the post-processing fitted on the current
+version (``_job/`` of an embed output; the files a refresh manifest names under
+``_postprocessing/``), and ``resolve_postprocessor`` turns a ``postprocess=`` argument into one.
 """
 
 from __future__ import annotations
@@ -117,11 +121,27 @@ def list_shards(directory: str, allow_partial: bool = False) -> list[str]:
     return [posixpath.join(root, f) for f in current_files(directory, allow_partial)]
 
 
-def read_embeddings(directory: str, columns: list[str] | None = None, allow_partial: bool = False):
+def read_embeddings(directory: str, columns: list[str] | None = None, allow_partial: bool = False,
+                    postprocess=None):
     """The current version's rows as a ``pyarrow.dataset.Dataset`` (``.to_table()`` for a Table).
 
     Works on ``embed`` and ``refresh`` outputs, local or s3://. An unfinished ``embed`` output is
     refused (IncompleteOutputError) unless ``allow_partial=True``.
+
+    Args:
+        directory: the output directory.
+        columns: without ``postprocess``, only checked to exist (the dataset has every column;
+            project with ``.to_table(columns=...)``); with it, the columns read.
+        allow_partial: read an unfinished job's finished units.
+        postprocess: the ``sentence_embedding`` column as stored (None, the default, or "none"),
+            or corrected for cosine comparison (``elmo_dist.similarity``): "fitted" applies the
+            post-processor fitted on the output (by ``embed`` or each ``refresh`` version; an
+            OutputError when it has none); "center", "abtt" or "whiten" fits that method (default
+            k) on the output's stored sentence-vector moments; a ``Postprocessor`` is applied as it
+            is. The vectors become float32, of width ``Postprocessor.output_dim`` (k for
+            "whiten"); the rows (of ``columns``, default all) are then read into memory and
+            returned as an in-memory Dataset, with the post-processing recorded in the schema
+            metadata (key ``elmo_dist.postprocess``: method and fingerprint).
     """
     import pyarrow.dataset as ds
 
@@ -132,7 +152,116 @@ def read_embeddings(directory: str, columns: list[str] | None = None, allow_part
         if missing:
             raise OutputError(f"{storage.redact(directory)}: no column(s) {missing} "
                               f"(columns: {', '.join(dataset.schema.names)})")
-    return dataset
+    if postprocess is None:
+        return dataset
+    pp = resolve_postprocessor(directory, postprocess)
+    if pp is None:  # "none"
+        return dataset
+    return _postprocessed(dataset, columns, pp)
+
+
+def _postprocessed(dataset, columns: list[str] | None, pp):
+    """An in-memory Dataset of ``dataset``'s rows (``columns``) with ``sentence_embedding`` transformed."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    wanted = list(columns) if columns is not None else list(dataset.schema.names)
+    schema_in = dataset.schema
+    dim = getattr(schema_in.field(schema.SENTENCE_EMBEDDING).type, "list_size", None) \
+        if schema.SENTENCE_EMBEDDING in schema_in.names else None
+    if dim is not None and pp.mean.shape[0] != dim:
+        raise OutputError(f"post-processor of width {pp.mean.shape[0]} does not fit vectors of width {dim}")
+    out_schema = pa.schema([schema_in.field(c) for c in wanted], metadata=schema_in.metadata)
+    if schema.SENTENCE_EMBEDDING in wanted:
+        i = out_schema.get_field_index(schema.SENTENCE_EMBEDDING)
+        old = out_schema.field(i)
+        out_schema = out_schema.set(i, pa.field(old.name, pa.list_(pa.float32(), pp.output_dim), old.nullable,
+                                                old.metadata))
+    out_schema = out_schema.with_metadata({**(out_schema.metadata or {}), b"elmo_dist.postprocess": json.dumps(
+        {"method": pp.method, "fingerprint": pp.fingerprint(), "dim": pp.output_dim}).encode()})
+    batches = []
+    for batch in dataset.to_batches(columns=wanted):
+        arrays = list(batch.columns)
+        if schema.SENTENCE_EMBEDDING in wanted:
+            i = wanted.index(schema.SENTENCE_EMBEDDING)
+            col = arrays[i]
+            x = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), dim)
+            y = pp.transform(x)
+            arrays[i] = pa.FixedSizeListArray.from_arrays(pa.array(y.reshape(-1), pa.float32()), pp.output_dim)
+        batches.append(pa.RecordBatch.from_arrays(arrays, schema=out_schema))
+    return ds.dataset(batches, schema=out_schema)
+
+
+# ---- the post-processing stored with an output ------------------------------------------------
+
+POSTPROCESSING_DIR = "_postprocessing"  # refresh outputs: each version's moments and post-processor
+
+
+def _stored(directory: str, key: str, from_job):
+    """The bytes of the current version's ``key`` ("moments" or "postprocessor"): ``_job/`` of an
+    embed output (``from_job(JobState)``), the file the current manifest names for a refresh output."""
+    fs, root = filesystem(directory)
+    manifest = _current_manifest(fs, root, directory)
+    if manifest is None:
+        return from_job(JobState(directory))
+    entry = manifest.get("postprocessing") or {}
+    name = entry.get(key) if isinstance(entry, dict) else None
+    if not name:
+        return None
+    data = storage.read_bytes(fs, posixpath.join(root, name))
+    if data is None:
+        raise OutputError(f"{storage.redact(directory)}: {name}, the {key} of version {manifest.get('version')}, "
+                          "is missing")
+    return data
+
+
+def stored_postprocessor(directory: str):
+    """The ``similarity.Postprocessor`` fitted on the output's current version, or None: an embed
+    output's ``_job/postprocessor.npz``, a refresh output's (named by the current manifest)."""
+    from elmo_dist.similarity import Postprocessor
+
+    data = _stored(directory, "postprocessor", lambda state: state.postprocessor())
+    return data if data is None or isinstance(data, Postprocessor) else Postprocessor.from_bytes(data)
+
+
+def stored_moments(directory: str):
+    """The ``similarity.Moments`` of the current version's sentence vectors, or None (see
+    ``stored_postprocessor``); any method can be fitted from them."""
+    from elmo_dist.similarity import Moments
+
+    data = _stored(directory, "moments", lambda state: state.moments())
+    return data if data is None or isinstance(data, Moments) else Moments.from_bytes(data)
+
+
+def resolve_postprocessor(directory: str, postprocess):
+    """The ``Postprocessor`` that ``postprocess`` names for this output, or None for the raw vectors.
+
+    ``postprocess``: "fitted" (the stored one; OutputError when there is none), "none", a method
+    ("center", "abtt", "whiten": fitted on the stored moments, OutputError when there are none), or
+    a ``Postprocessor`` (returned as it is).
+    """
+    from elmo_dist.similarity import METHODS, Postprocessor
+
+    where = storage.redact(directory)
+    if isinstance(postprocess, Postprocessor):
+        return postprocess
+    if postprocess == "fitted":
+        pp = stored_postprocessor(directory)
+        if pp is None:
+            raise OutputError(f"{where}: no fitted post-processor stored with this output (outputs of "
+                              "`elmo-dist embed` and `refresh` fit one; older ones do not): pass a method "
+                              "(\"center\", \"abtt\", \"whiten\") or a Postprocessor")
+        return pp
+    if postprocess not in METHODS:
+        raise ValueError(f"postprocess must be None, 'fitted', one of {', '.join(METHODS)} or a Postprocessor, "
+                         f"got {postprocess!r}")
+    if postprocess == "none":
+        return None
+    moments = stored_moments(directory)
+    if moments is None:
+        raise OutputError(f"{where}: no sentence-vector moments stored with this output to fit {postprocess!r} on "
+                          "(`elmo-dist embed` writes _job/moments.npz; `refresh` one per version)")
+    return Postprocessor.fit(moments, postprocess)
 
 
 # ---- the shards, opened for comparing their vectors (search) ---------------------------------
@@ -379,6 +508,11 @@ def _verify_refresh(fs: pafs.FileSystem, root: str, directory: str, manifest: di
             report.problems.append(f"shard {f} of version {manifest.get('version')} is missing")
         elif f in recorded_sizes and recorded_sizes[f] != sizes[f]:
             report.problems.append(f"shard {f}: {sizes[f]} bytes, the manifest says {recorded_sizes[f]}")
+    pp = manifest.get("postprocessing")
+    for key in ("moments", "postprocessor"):
+        name = pp.get(key) if isinstance(pp, dict) else None
+        if name and name not in sizes:
+            report.problems.append(f"{key} {name} of version {manifest.get('version')} is missing")
     if deep:
         _deep_check(fs, root, [{"path": f, "rows": None} for f in files if f in sizes], report,
                     manifest.get("config_fingerprint"))

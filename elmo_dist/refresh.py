@@ -6,9 +6,12 @@ Layout of a refresh output ``DIR`` (local or s3://)::
   _versions/v000001.json                      immutable manifest of each version (created exclusively):
       {version, previous, created, config_fingerprint, model_fingerprint, model, settings,
        inputs: {uri: {size, version, rows, units: [unit ids], files: [shards]}},
-       files: [shard paths relative to DIR], rows, run_id}
+       files: [shard paths relative to DIR], rows, run_id,
+       postprocessing: {method, fingerprint, n, moments, postprocessor}}
   _current.json                               {version, manifest}: the published version, written LAST
                                               with one atomic conditional write
+  _postprocessing/moments-<fp>.npz            each version's sentence-vector moments and the post-processor
+  _postprocessing/postprocessor-<fp>.npz      fitted on them (content-addressed; the manifest names them)
   _lease.json                                 the running refresh's lease (see elmo_dist.lease)
   _refresh/<run id>/                          the running (or crashed) run's JobState: config, plan,
                                               per-unit completion records; deleted after publishing
@@ -17,8 +20,9 @@ A run: take the lease -> list the corpus (uri, size, mtime/version) -> compare w
 manifest's inputs -> plan work units of new and changed files (all files when the model or the
 text/embedding settings changed) -> embed the units that no completion record covers (records of an
 interrupted run with the same settings are reused; the run id is a hash of the settings and the
-planned unit ids, so rerunning after a crash resumes it) -> write the next manifest -> flip the
-pointer -> retention (keep the newest ``keep_versions`` published versions; delete other
+planned unit ids, so rerunning after a crash resumes it) -> refit the post-processing (the
+previous version's moments minus those of the dropped files' shards, plus the new units'; see
+``version_postprocessing``) -> write the next manifest -> flip the pointer -> retention (keep the newest ``keep_versions`` published versions; delete other
 manifests, finished/crashed run state, and shards that no kept version references).
 
 Readers (``elmo_dist.output.current_files``/``read_embeddings``/search) follow the pointer to one
@@ -45,7 +49,7 @@ from elmo_dist import storage
 from elmo_dist.checkpoint import JOB_DIR, JobState
 from elmo_dist.config import ConfigError, JobConfig
 from elmo_dist.lease import Lease, LeaseError, Store, store_for
-from elmo_dist.output import CURRENT
+from elmo_dist.output import CURRENT, POSTPROCESSING_DIR
 from elmo_dist.paths import resolve_model
 from elmo_dist.stages.read import InputFile, Unit, check_output_outside_inputs, list_inputs
 from elmo_dist.storage import filesystem, read_json
@@ -101,8 +105,9 @@ def _why_full(current: dict[str, Any], cfg: JobConfig, model_fp: str) -> str:
 
 
 def _completed(output: str, fs: pafs.FileSystem, root: str, config_fp: str,
-               wanted: set[str]) -> dict[str, dict]:
-    """Valid completion records of ``wanted`` units in any run dir with the same config fingerprint.
+               wanted: set[str], origin: dict[str, str] | None = None) -> dict[str, dict]:
+    """Valid completion records of ``wanted`` units in any run dir with the same config fingerprint
+    (``origin``, when given, gets the run's job dir of each: where its moments are).
 
     A record counts only when its shards exist with the recorded sizes (``JobState.scan``); a torn
     record or a damaged shard makes its unit pending again. Retention deletes a run's records
@@ -120,6 +125,8 @@ def _completed(output: str, fs: pafs.FileSystem, root: str, config_fp: str,
         state = JobState(output, f"{RUNS}/{posixpath.basename(run.path)}")
         for uid, rec in state.scan(sorted(wanted - set(found)), data_dir=f"{DATA}/{config_fp}").records.items():
             found.setdefault(uid, rec)
+            if origin is not None:
+                origin.setdefault(uid, state.job_dir)
     return found
 
 
@@ -152,9 +159,13 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
         name = manifest_name(m["previous"]) if m.get("previous") else None
     kept_names = {n for n, _ in kept}
     referenced = {f for _, m in kept for f in m["files"]}
+    kept_pp = {e[k] for _, m in kept if isinstance(e := m.get("postprocessing"), dict)
+               for k in ("moments", "postprocessor") if e.get(k)}
     runs = [i.path for i in _listing(fs, posixpath.join(root, RUNS)) if i.type == pafs.FileType.Directory]
     manifests = [i.path for i in _listing(fs, posixpath.join(root, VERSIONS))
                  if i.type == pafs.FileType.File and _rel(root, i.path) not in kept_names]
+    pp_files = [i.path for i in _listing(fs, posixpath.join(root, POSTPROCESSING_DIR))
+                if i.type == pafs.FileType.File and _rel(root, i.path) not in kept_pp]
     data = _listing(fs, posixpath.join(root, DATA), recursive=True)
     shards = [i.path for i in data if i.type == pafs.FileType.File and _rel(root, i.path) not in referenced]
     if isinstance(fs, pafs.LocalFileSystem):  # temporaries of interrupted pointer/lease writes (old naming)
@@ -166,7 +177,7 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
         fs.delete_dir(p)
     for p in manifests:
         fs.delete_file(p)
-    for p in shards:
+    for p in pp_files + shards:
         fs.delete_file(p)
     if isinstance(fs, pafs.LocalFileSystem):  # empty data/<fp>/ and _refresh/ directories
         dirs = [i.path for i in data if i.type == pafs.FileType.Directory] + [posixpath.join(root, RUNS)]
@@ -177,7 +188,7 @@ def _retention(fs: pafs.FileSystem, root: str, store: Store, current_name: str, 
             except OSError:
                 pass
     out = {"kept_versions": [m["version"] for _, m in kept], "manifests_deleted": len(manifests),
-           "shards_deleted": len(shards), "runs_deleted": len(runs)}
+           "shards_deleted": len(shards), "runs_deleted": len(runs), "postprocessing_deleted": len(pp_files)}
     logger.info("retention: kept versions %s; deleted %d manifest(s), %d shard(s), %d run state dir(s)",
                 out["kept_versions"], len(manifests), len(shards), len(runs))
     return out
@@ -241,6 +252,123 @@ def build_manifest(cfg: JobConfig, files: list[InputFile], embedded: set[str], u
             "settings": _settings(cfg), "inputs": inputs, "files": shards,
             "sizes": {p: known[p] for p in shards if p in known},
             "rows": sum(int(e.get("rows", 0)) for e in inputs.values()), "run_id": run_id}
+
+
+# ---- post-processing of a version -----------------------------------------------------------
+
+_MOMENT_READERS = 16  # unit moments read at a time (each D x D float64: 8 MB at D = 1024)
+
+
+def _shards_moments(fs: pafs.FileSystem, root: str, paths: list[str]):
+    """Moments of the sentence vectors stored in the shards ``paths`` (relative to ``root``); None
+    when there are none."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from elmo_dist import schema
+    from elmo_dist.similarity import Moments
+
+    total = None
+    for rel in paths:
+        with fs.open_input_file(posixpath.join(root, rel)) as fh:
+            pf = pq.ParquetFile(fh)
+            dim = pf.schema_arrow.field(schema.SENTENCE_EMBEDDING).type.list_size
+            m = Moments.zeros(dim)
+            for batch in pf.iter_batches(batch_size=65536, columns=[schema.SENTENCE_EMBEDDING]):
+                col = batch.column(0)
+                m = m + Moments.of(np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(len(col), dim))
+        total = m if total is None else total + m
+    return total
+
+
+def _units_moments(fs: pafs.FileSystem, root: str, unit_ids: list[str], records: dict[str, dict],
+                   origin: dict[str, str]):
+    """Merged moments of the units: each from the moments file its run wrote beside its record
+    (``JobState.write_unit_moments``), or from its shards when there is none. None for no unit."""
+    import concurrent.futures
+
+    from elmo_dist.similarity import Moments
+
+    def load(uid: str):
+        job_dir = origin.get(uid)
+        data = storage.read_bytes(fs, posixpath.join(root, job_dir, "moments", f"{uid}.npz")) if job_dir else None
+        if data is not None:
+            return Moments.from_bytes(data)
+        logger.info("unit %s: no moments file; computing them from its shards", uid)
+        return _shards_moments(fs, root, [f["path"] for f in records[uid]["files"]])
+
+    total = None
+    with concurrent.futures.ThreadPoolExecutor(_MOMENT_READERS) as pool:
+        for start in range(0, len(unit_ids), _MOMENT_READERS):  # bounded memory
+            for m in pool.map(load, unit_ids[start:start + _MOMENT_READERS]):
+                if m is not None:
+                    total = m if total is None else total + m
+    return total
+
+
+def _version_moments(fs: pafs.FileSystem, root: str, manifest: dict[str, Any]):
+    """The stored moments of a published version; None when it has none (or they are unreadable)."""
+    from elmo_dist.similarity import Moments
+
+    entry = manifest.get("postprocessing")
+    if not isinstance(entry, dict) or not entry.get("moments"):
+        return None
+    try:
+        data = storage.read_bytes(fs, posixpath.join(root, entry["moments"]))
+        return None if data is None else Moments.from_bytes(data)
+    except Exception as e:  # a damaged file: recomputed from the shards instead
+        logger.warning("version %s: moments %s unreadable (%s: %s); recomputing them", manifest.get("version"),
+                       entry["moments"], type(e).__name__, e)
+        return None
+
+
+def version_postprocessing(output: str, fs: pafs.FileSystem, root: str, current: dict[str, Any] | None,
+                           diff: Diff, full: bool, unit_ids: list[str], records: dict[str, dict],
+                           origin: dict[str, str]) -> dict[str, Any] | None:
+    """Fit the new version's post-processor and store it with its moments; the manifest's entry.
+
+    The new version's vectors are those of the unchanged files (carried over) plus those of the
+    units embedded for it, each counted once. Their moments: the previous version's stored
+    moments minus those of the changed and deleted files' shards (still there: the previous version
+    is current until this one is published), or, when the previous version has none or the
+    dropped files are the larger part, summed over the unchanged files' shards; plus each new
+    unit's moments (written by its run, or computed from its shards). A full re-embed sums the new
+    units only. The files are content-addressed under ``_postprocessing/``, so a rerun after a
+    crash writes the same names. None (no post-processing) for fewer than 2 vectors.
+    """
+    from elmo_dist.similarity import Postprocessor
+
+    total = None
+    if current is not None and not full:
+        prev_inputs: dict[str, dict] = current["inputs"]
+        dropped = diff.changed + diff.deleted
+
+        def rows(uris: list[str]) -> int:
+            return sum(int(prev_inputs[u].get("rows") or 0) for u in uris)
+
+        def shards(uris: list[str]) -> list[str]:
+            return [f for u in uris for f in prev_inputs[u].get("files", [])]
+
+        prev = _version_moments(fs, root, current) if rows(dropped) <= rows(diff.unchanged) else None
+        if prev is not None:
+            gone = _shards_moments(fs, root, shards(dropped))
+            total = prev - gone if gone is not None else prev
+        else:
+            total = _shards_moments(fs, root, shards(diff.unchanged))
+    new = _units_moments(fs, root, unit_ids, records, origin)
+    if new is not None:
+        total = new if total is None else total + new
+    if total is None or total.n < 2:
+        logger.warning("%s: fewer than 2 sentence vectors in the new version: no post-processor fitted",
+                       storage.redact(output))
+        return None
+    pp = Postprocessor.fit(total)
+    logger.info("%s: post-processing %r fitted for the new version", storage.redact(output), pp)
+    names = {"moments": f"{POSTPROCESSING_DIR}/moments-{total.fingerprint()}.npz",
+             "postprocessor": f"{POSTPROCESSING_DIR}/postprocessor-{pp.fingerprint()}.npz"}
+    storage.write_bytes(fs, posixpath.join(root, names["moments"]), total.to_bytes())
+    storage.write_bytes(fs, posixpath.join(root, names["postprocessor"]), pp.to_bytes())
+    return {"method": pp.method, "fingerprint": pp.fingerprint(), "n": int(total.n), **names}
 
 
 # ---- the refresh ----------------------------------------------------------------------------
@@ -338,13 +466,15 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
         return {**base, "version": current["version"], "new_version": False,
                 "reason": f"nothing changed: version {current['version']} stays current", "run_id": None,
                 "units_planned": 0, "units_embedded": 0, "units_reused": 0, "rows": int(current.get("rows", 0)),
-                "rows_embedded": 0, "retention": retention, "stats": None}
+                "rows_embedded": 0, "retention": retention, "stats": None,
+                "postprocessor": (current.get("postprocessing") or {}).get("method")}
 
     to_embed = files if full else [listing[u] for u in diff.added + diff.changed]
     job = plan(cfg, to_embed, pack=False)  # one file per unit: a changed file drops exactly its shards
     ids = job.unit_ids
     run_id = run_id_for(config_fp, ids)
-    records = _completed(cfg.output, fs, root, config_fp, set(ids))
+    origin: dict[str, str] = {}  # unit id -> the run's job dir holding its record and moments
+    records = _completed(cfg.output, fs, root, config_fp, set(ids), origin)
     pending = [u for u in job.units if u.unit_id not in records]
     reused = len(job.units) - len(pending)
     logger.info("%d work unit(s) planned (run %s): %d already done by an interrupted run, %d to embed",
@@ -355,7 +485,9 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
         state.begin(cfg, identity, ids)
         run_stats = embed_units(cfg, output_metadata(cfg, model_fp, job.dim, identity), pending, state,
                                 subdir=f"{DATA}/{config_fp}")
-        records.update(state.scan(ids, data_dir=f"{DATA}/{config_fp}").records)
+        done = state.scan(ids, data_dir=f"{DATA}/{config_fp}").records
+        records.update(done)
+        origin.update({u: state.job_dir for u in done})
     missing = [u for u in ids if u not in records]
     if missing:
         raise RefreshError(f"{len(missing)} work unit(s) have no completion record after embedding "
@@ -363,8 +495,10 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
                            "complete them")
 
     embedded = {f.uri for f in to_embed}
+    postprocessing = version_postprocessing(cfg.output, fs, root, current, diff, full, ids, records, origin)
     manifest = build_manifest(cfg, files, embedded, job.units, records, current, config_fp, model_fp, run_id,
                               _now_iso())
+    manifest["postprocessing"] = postprocessing
     lease.check()
     version, name = _publish_manifest(store, fs, root, manifest, current["version"] if current else 0)
     manifest["version"] = version
@@ -384,7 +518,9 @@ def _refresh_locked(cfg: JobConfig, keep: int, lease: Lease, store: Store,
     return {**base, "version": version, "new_version": True, "reason": reason, "run_id": run_id,
             "units_planned": len(ids), "units_embedded": run_stats.get("new_units", 0),
             "units_reused": reused, "rows": manifest["rows"],
-            "rows_embedded": sum(listing[u].num_rows for u in embedded), "retention": retention, "stats": stats}
+            "rows_embedded": sum(listing[u].num_rows for u in embedded), "retention": retention, "stats": stats,
+            "postprocessor": (postprocessing or {}).get("method")}
 
 
-__all__ = ["refresh", "diff_inputs", "build_manifest", "Diff", "RefreshError", "LeaseError", "run_id_for"]
+__all__ = ["refresh", "diff_inputs", "build_manifest", "version_postprocessing", "Diff", "RefreshError", "LeaseError",
+           "run_id_for"]

@@ -19,6 +19,7 @@ Shapes: N vectors, D dimensions, k components.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -35,6 +36,20 @@ Method = Literal["none", "center", "abtt", "whiten"]
 METHODS = ("none", "center", "abtt", "whiten")
 DEFAULT_METHOD: Method = "center"  # see docs/models.md; the safe default until evaluated per model
 DEFAULT_K = {"abtt": 3, "whiten": 256}
+
+
+def _digest(header: dict, *arrays: np.ndarray | None) -> str:
+    """A content fingerprint (16 hex digits): the same numbers give the same digest on any machine
+    (``to_bytes`` is not one: the npz zip records the time it was written)."""
+    h = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for a in arrays:
+        if a is None:
+            h.update(b"-")
+            continue
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        h.update(f"{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -57,6 +72,13 @@ class Moments:
     def __add__(self, other: "Moments") -> "Moments":
         return Moments(self.n + other.n, self.total + other.total, self.outer + other.outer)
 
+    def __sub__(self, other: "Moments") -> "Moments":
+        """The moments without ``other``'s vectors (which must be among them): a refresh drops the
+        vectors of changed and deleted files this way."""
+        if other.n > self.n:
+            raise ValueError(f"cannot remove {other.n} vectors from moments of {self.n}")
+        return Moments(self.n - other.n, self.total - other.total, self.outer - other.outer)
+
     @property
     def mean(self) -> np.ndarray:
         return self.total / max(self.n, 1)
@@ -65,6 +87,10 @@ class Moments:
     def covariance(self) -> np.ndarray:
         mu = self.mean
         return self.outer / max(self.n, 1) - np.outer(mu, mu)
+
+    def fingerprint(self) -> str:
+        """Content fingerprint (16 hex digits) of the count, sum and outer products."""
+        return _digest({"n": int(self.n)}, self.total, self.outer)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -133,6 +159,11 @@ class Postprocessor:
         elif self.method == "whiten":
             y = (y @ self.components) * self.scale
         return y.astype(np.float32)
+
+    def fingerprint(self) -> str:
+        """Content fingerprint (16 hex digits) of what ``transform`` computes: equal fingerprints,
+        equal transforms (the count it was fitted on is not part of it)."""
+        return _digest({"method": self.method}, self.mean, self.components, self.scale)
 
     # ---- persistence ------------------------------------------------------------------------
 

@@ -269,3 +269,82 @@ def test_manifest_without_files_is_an_output_error(tmp_path):
     assert not verify(out).ok
     with pytest.raises(OutputError):
         current_files(out)
+
+
+# ---- post-processed reads ----------------------------------------------------------------------
+
+def _raw_vectors(out):
+    t = read_embeddings(out).to_table().sort_by([(S.ID, "ascending")])
+    return t, np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False)).astype(np.float64)
+
+
+def test_read_embeddings_postprocessed(tmp_path):
+    import pyarrow.dataset
+
+    from elmo_dist.similarity import Moments, Postprocessor
+
+    out, state = _build(tmp_path)
+    raw_table, stored = _raw_vectors(out)
+    with pytest.raises(OutputError, match="no fitted post-processor"):
+        read_embeddings(out, postprocess="fitted")
+    with pytest.raises(OutputError, match="no sentence-vector moments"):
+        read_embeddings(out, postprocess="abtt")
+    # moments of full rank (the stored rows are collinear): the stored ones plus noise
+    moments = Moments.of(stored + np.random.default_rng(0).standard_normal(stored.shape))
+    fitted = Postprocessor.fit(moments, "center")
+    state.write_postprocessing(moments, fitted)
+
+    got = read_embeddings(out, postprocess="fitted")
+    assert isinstance(got, pyarrow.dataset.Dataset)  # the same return type as without post-processing
+    t = got.to_table().sort_by([(S.ID, "ascending")])
+    assert t.column_names == raw_table.column_names and t[S.ID].equals(raw_table[S.ID])
+    y = np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False))
+    np.testing.assert_allclose(y, fitted.transform(stored), atol=1e-6)
+    assert json.loads(t.schema.metadata[b"elmo_dist.postprocess"])["fingerprint"] == fitted.fingerprint()
+    assert S.read_metadata(t.schema) == S.read_metadata(raw_table.schema)  # the shards' metadata kept
+
+    # a method: fitted on the stored moments; "whiten" with k < D changes the width
+    t = read_embeddings(out, columns=[S.ID, S.SENTENCE_EMBEDDING], postprocess="abtt").to_table()
+    assert t.column_names == [S.ID, S.SENTENCE_EMBEDDING]
+    t = t.sort_by([(S.ID, "ascending")])
+    np.testing.assert_allclose(np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False)),
+                               Postprocessor.fit(moments, "abtt").transform(stored), atol=1e-6)
+    whiten = Postprocessor.fit(moments, "whiten", k=2)
+    t = read_embeddings(out, postprocess=whiten).to_table().sort_by([(S.ID, "ascending")])
+    assert t.schema.field(S.SENTENCE_EMBEDDING).type.list_size == 2
+    np.testing.assert_allclose(np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False)),
+                               whiten.transform(stored), atol=1e-5)
+    # "none" and None: the stored vectors, the lazy dataset as before
+    for raw in (None, "none"):
+        assert read_embeddings(out, postprocess=raw).to_table().sort_by([(S.ID, "ascending")]).equals(raw_table)
+    with pytest.raises(ValueError, match="postprocess must be"):
+        read_embeddings(out, postprocess="pca")
+    with pytest.raises(OutputError, match="width 5"):
+        read_embeddings(out, postprocess=Postprocessor.fit(np.ones((4, 5)) * np.arange(4)[:, None], "center"))
+
+
+def test_read_embeddings_postprocessed_refresh_output(tmp_path):
+    """A refresh output's post-processor is the one its current manifest names."""
+    from elmo_dist.similarity import Moments, Postprocessor
+
+    out, files = _refresh_output(tmp_path)
+    with pytest.raises(OutputError, match="no fitted post-processor"):
+        read_embeddings(out, postprocess="fitted")
+    _, x = _raw_vectors(out)
+    moments = Moments.of(x)
+    pp = Postprocessor.fit(moments, "center")
+    fs = storage.pafs.LocalFileSystem()
+    names = {"moments": "_postprocessing/moments-test.npz", "postprocessor": "_postprocessing/postprocessor-test.npz"}
+    storage.write_bytes(fs, os.path.join(out, names["moments"]), moments.to_bytes())
+    storage.write_bytes(fs, os.path.join(out, names["postprocessor"]), pp.to_bytes())
+    manifest = storage.read_json(fs, os.path.join(out, "_versions", "v000001.json"))
+    storage.write_json(fs, os.path.join(out, "_versions", "v000001.json"),
+                       {**manifest, "postprocessing": {"method": "center", "fingerprint": pp.fingerprint(), **names}})
+    t = read_embeddings(out, postprocess="fitted").to_table().sort_by([(S.ID, "ascending")])
+    np.testing.assert_allclose(np.stack(t[S.SENTENCE_EMBEDDING].to_numpy(zero_copy_only=False)), pp.transform(x),
+                               atol=1e-6)
+    assert verify(out).ok
+    os.remove(os.path.join(out, names["moments"]))
+    assert verify(out).problems == [f"moments {names['moments']} of version 1 is missing"]
+    with pytest.raises(OutputError, match="moments-test.npz, the moments of version 1, is missing"):
+        read_embeddings(out, postprocess="whiten")

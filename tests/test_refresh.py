@@ -12,6 +12,8 @@ import json
 import os
 import time
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -20,8 +22,9 @@ import pytest
 from conftest import write_corpus
 from elmo_dist.config import JobConfig
 from elmo_dist.lease import LEASE, Lease, LeaseHeld, LeaseLost, store_for
-from elmo_dist.output import CURRENT, current_files, read_embeddings
-from elmo_dist.refresh import DATA, RUNS, VERSIONS, refresh
+from elmo_dist.output import CURRENT, current_files, read_embeddings, stored_moments, stored_postprocessor
+from elmo_dist.refresh import DATA, RUNS, VERSIONS, Diff, refresh, version_postprocessing
+from elmo_dist.similarity import Moments, Postprocessor
 
 pytestmark = [pytest.mark.ray]
 
@@ -47,6 +50,24 @@ def _ids_by_source(directory: str) -> dict[str, set[str]]:
 
 def _ids(rs) -> set[str]:
     return {r[0] for r in rs}
+
+
+def _check_postprocessing(directory: str) -> None:
+    """The current version's stored moments and post-processor are those of its vectors."""
+    t = read_embeddings(directory).to_table(columns=["sentence_embedding"])
+    x = np.stack(t["sentence_embedding"].to_numpy(zero_copy_only=False)).astype(np.float64)
+    want_m = Moments.of(x)
+    got_m = stored_moments(directory)
+    assert got_m.n == want_m.n == len(x)
+    np.testing.assert_allclose(got_m.total, want_m.total, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got_m.outer, want_m.outer, rtol=0, atol=1e-6)
+    want, got = Postprocessor.fit(want_m), stored_postprocessor(directory)
+    assert got.method == want.method == "center" and got.n == len(x)
+    np.testing.assert_allclose(got.mean, want.mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.transform(x), want.transform(x), rtol=0, atol=1e-6)
+    y = read_embeddings(directory, postprocess="fitted").to_table(columns=["sentence_embedding"])
+    np.testing.assert_allclose(np.stack(y["sentence_embedding"].to_numpy(zero_copy_only=False)),
+                               want.transform(x), rtol=0, atol=1e-6)
 
 
 # ---- the lease on its own (no Ray) ----------------------------------------------------------
@@ -117,8 +138,12 @@ def test_refresh_s3_add_change_delete_nochange(s3_endpoint, ray_runtime, tiny_di
             if i.type == pafs.FileType.File}
     v1 = json.loads(fs.open_input_stream(f"{bucket}/emb/{VERSIONS}/v000001.json").read())
     v2 = json.loads(fs.open_input_stream(f"{bucket}/emb/{VERSIONS}/v000002.json").read())
-    # no lease, no run state left; shards of both kept versions (keep_versions=3), nothing else
-    assert keys == {CURRENT, f"{VERSIONS}/v000001.json", f"{VERSIONS}/v000002.json", *v1["files"], *v2["files"]}
+    # no lease, no run state left; shards and post-processing of both kept versions (keep_versions=3),
+    # nothing else
+    pp_files = {m["postprocessing"][k] for m in (v1, v2) for k in ("moments", "postprocessor")}
+    assert keys == {CURRENT, f"{VERSIONS}/v000001.json", f"{VERSIONS}/v000002.json", *v1["files"], *v2["files"],
+                    *pp_files}
+    _check_postprocessing(out)  # refitted for version 2
 
 
 # ---- local end to end -----------------------------------------------------------------------
@@ -164,6 +189,8 @@ def test_refresh_local_lifecycle(tmp_path, ray_runtime, tiny_dir, rows, capsys):
     assert v1["inputs"][uri["a"]]["version"] == str(os.stat(uri["a"]).st_mtime_ns)
     assert set(v1["files"]) == _data_files(out) and v1["rows"] == 24
     assert json.load(open(os.path.join(out, CURRENT)))["manifest"] == f"{VERSIONS}/v000001.json"
+    assert s1["postprocessor"] == v1["postprocessing"]["method"] == "center"
+    _check_postprocessing(out)
     assert not os.path.exists(os.path.join(out, LEASE)) and not os.path.exists(os.path.join(out, RUNS))
 
     # -- nothing changed: no embedding work, the same version, no new manifest
@@ -187,6 +214,8 @@ def test_refresh_local_lifecycle(tmp_path, ray_runtime, tiny_dir, rows, capsys):
     assert new_sources == {uri["b"], uri["d"]}
     assert _ids_by_source(out) == {uri["a"]: _ids(rows[0:8]), uri["b"]: _ids(rows[24:32]),
                                    uri["d"]: _ids(rows[32:40])}
+    _check_postprocessing(out)  # refitted: a's vectors carried over, b's and d's new ones, c's gone
+    assert v2["postprocessing"]["fingerprint"] != v1["postprocessing"]["fingerprint"]
 
     # -- a run crashes after embedding, before publishing (test hook _before_publish)
     write_corpus(uri["e"], rows[40:48])
@@ -235,6 +264,9 @@ def test_refresh_local_lifecycle(tmp_path, ray_runtime, tiny_dir, rows, capsys):
     assert _ids_by_source(out) == {uri["a"]: _ids(rows[0:8]), uri["b"]: _ids(rows[24:32]),
                                    uri["d"]: _ids(rows[32:40]), uri["e"]: _ids(rows[40:48]),
                                    uri["f"]: _ids(rows[48:56])}
+    _check_postprocessing(out)  # v2's moments plus e's (from the crashed run's state) and f's
+    kept_pp = {m["postprocessing"][k] for m in (v2, v4) for k in ("moments", "postprocessor")}
+    assert {f"_postprocessing/{n}" for n in os.listdir(os.path.join(out, "_postprocessing"))} == kept_pp
 
     # -- a concurrent refresh is refused, naming the holder; the CLI exits 2
     held = Lease(out, owner="other-refresh@host:42", seconds=600, renew_every=600).acquire()
@@ -267,3 +299,67 @@ def test_refresh_local_lifecycle(tmp_path, ray_runtime, tiny_dir, rows, capsys):
     assert before.select(key).equals(after.select(key))
     assert not pc.all(pc.equal(before["sentence_embedding"].combine_chunks().flatten(),
                                after["sentence_embedding"].combine_chunks().flatten())).as_py()
+    _check_postprocessing(out)  # fitted on the re-embedded vectors only
+
+
+# ---- the post-processing of a version, step by step (no Ray) ------------------------------
+
+def test_version_postprocessing_carries_over_and_drops(tmp_path):
+    """Unchanged files' moments carried over (from the previous version's, minus the dropped
+    files' shards, or summed over their shards), new units' from their run's moments or shards."""
+    from elmo_dist import schema as S
+    from elmo_dist.checkpoint import JobState
+    from elmo_dist.stages.write import write_unit
+
+    out, dim = str(tmp_path / "out"), 4
+    fs = pafs.LocalFileSystem()
+    rng = np.random.default_rng(0)
+    vecs = {}
+
+    def unit(uid, n):
+        vecs[uid] = (rng.standard_normal((n, dim)) + 3.0).astype(np.float32)
+        table = pa.table({S.ID: [f"{uid}-{i}" for i in range(n)], S.SENTENCE_INDEX: pa.array([0] * n, pa.int32()),
+                          S.CHUNK: pa.array([0] * n, pa.int32()), S.N_CHUNKS: pa.array([1] * n, pa.int32()),
+                          S.SOURCE: [uid] * n, S.TEXT: ["x"] * n, S.TOKENS: [["x"]] * n,
+                          S.N_TOKENS: pa.array([1] * n, pa.int32()),
+                          S.SENTENCE_EMBEDDING: vecs[uid].tolist()})
+        return {"files": write_unit(table, out, uid, S.output_schema(dim), subdir="data/cf")}
+
+    def check(entry, uids):
+        want = Moments.of(np.concatenate([vecs[u] for u in uids]))
+        got = Moments.from_bytes(open(os.path.join(out, entry["moments"]), "rb").read())
+        assert got.n == want.n == entry["n"]
+        np.testing.assert_allclose(got.total, want.total, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got.outer, want.outer, rtol=0, atol=1e-6)
+        pp = Postprocessor.from_bytes(open(os.path.join(out, entry["postprocessor"]), "rb").read())
+        np.testing.assert_allclose(pp.mean, Postprocessor.fit(want).mean, rtol=0, atol=1e-6)
+        assert pp.fingerprint() == entry["fingerprint"]
+
+    # version 1: a (20 rows), b, c (5 each); no moments files: computed from the shards
+    records = {u: unit(u, n) for u, n in (("ua", 20), ("ub", 5), ("uc", 5))}
+    v1 = version_postprocessing(out, fs, out, None, Diff(["a", "b", "c"], [], [], []), False,
+                                ["ua", "ub", "uc"], records, {})
+    check(v1, ["ua", "ub", "uc"])
+    inputs = {k: {"rows": len(vecs[u]), "units": [u], "files": [f["path"] for f in records[u]["files"]]}
+              for k, u in (("a", "ua"), ("b", "ub"), ("c", "uc"))}
+    current = {"version": 1, "inputs": inputs, "postprocessing": v1}
+    # version 2: b changed (unit ub2, its moments written by its run), c deleted, a unchanged:
+    # v1's moments minus b's and c's shards, plus ub2's moments file
+    new = {"ub2": unit("ub2", 7)}
+    JobState(out, "_refresh/run2").write_unit_moments("ub2", Moments.of(vecs["ub2"]).to_bytes())
+    diff = Diff([], ["b"], ["c"], ["a"])
+    v2 = version_postprocessing(out, fs, out, current, diff, False, ["ub2"], new, {"ub2": "_refresh/run2"})
+    check(v2, ["ua", "ub2"])
+    # the moments file of a unit is what is used (not its shards)
+    JobState(out, "_refresh/run3").write_unit_moments("ub2", Moments.of(vecs["ub2"][:3]).to_bytes())
+    partial = version_postprocessing(out, fs, out, current, diff, False, ["ub2"], new, {"ub2": "_refresh/run3"})
+    assert partial["n"] == 20 + 3
+    # the previous version without stored moments: a's summed from its shards, the same result
+    v2b = version_postprocessing(out, fs, out, {**current, "postprocessing": None}, diff, False, ["ub2"], new, {})
+    check(v2b, ["ua", "ub2"])
+    # a full re-embed: the new units only
+    full = version_postprocessing(out, fs, out, current, Diff([], [], [], ["a", "b", "c"]), True, ["ub2"], new, {})
+    check(full, ["ub2"])
+    # fewer than 2 vectors: none
+    one = {"u1": unit("u1", 1)}
+    assert version_postprocessing(out, fs, out, None, Diff(["z"], [], [], []), False, ["u1"], one, {}) is None

@@ -325,3 +325,95 @@ def test_s3_output_search_and_index(tmp_path, out_dir, corpus, s3_endpoint, fais
     assert s3.get_file_info(f"{bucket}/emb/_index/hnsw.faiss").size > 0
     hits = search(uri, texts[30], k=2, index=True)[0]
     assert hits[0].id == "doc-30" and hits[0].text == texts[30]
+
+
+# ---- the approximate index on post-processed vectors ------------------------------------------
+
+
+def _with_postprocessor(directory, vecs, method="center"):
+    """Store moments and a fitted post-processor with an output, as the embed job does."""
+    from elmo_dist.checkpoint import JobState
+    from elmo_dist.similarity import Moments, Postprocessor
+
+    moments = Moments.of(vecs)
+    pp = Postprocessor.fit(moments, method)
+    JobState(str(directory)).write_postprocessing(moments, pp)
+    return pp
+
+
+def test_index_on_postprocessed_vectors(tmp_path, corpus, tiny_elmo, faiss_one_thread, capsys):
+    from elmo_dist.similarity import Postprocessor
+
+    texts, tokens, vecs = corpus
+    d = _write_output(tmp_path / "pp", texts, tokens, vecs, _metadata(tiny_elmo.fingerprint, vecs.shape[1]))
+    fitted = _with_postprocessor(d, vecs)
+    path = build_index(d)  # default: the output's fitted post-processor, as exact search
+    meta = json.load(open(os.path.join(path, "index.json")))
+    assert meta["postprocess"]["method"] == "center" and meta["postprocess"]["fingerprint"] == fitted.fingerprint()
+    assert os.path.exists(os.path.join(path, "postprocessor.npz"))
+    ann = SearchIndex.open(d, index=True)
+    assert ann.postprocessor.fingerprint() == fitted.fingerprint()
+    results = ann.search(texts, k=3)
+    for i, hits in enumerate(results):  # every in-corpus query finds itself first
+        assert hits[0].id == f"doc-{i}" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    # the scores are cosines of the centred vectors: those of the exact search (same default)
+    exact = SearchIndex.open(d).search(texts[:5], k=3)
+    for a, e in zip(results, exact):
+        assert [h.id for h in a] == [h.id for h in e]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in e], atol=1e-5)
+    y = normalize(fitted.transform(vecs))
+    assert exact[0][1].score == pytest.approx(float(y[0] @ y[int(exact[0][1].id[4:])]), abs=1e-5)
+
+    # another post-processing than the index's: refused, naming both; the CLI says it in one line
+    with pytest.raises(SearchError, match=r"stale: it was built on vectors post-processed with 'center' "
+                                          r"\(the output's fitted post-processor, [0-9a-f]{16}\), this search uses "
+                                          r"'none' \(the raw vectors\)"):
+        search(d, texts[0], index=True, postprocess="none")
+    assert main(["search", d, texts[0], "--ann", "--postprocess", "abtt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'center'" in err and "'abtt'" in err and "--build-index" in err
+    # --build-index rebuilds it for the post-processing asked for; then the default is refused
+    assert main(["search", d, texts[4], "--build-index", "--postprocess", "abtt", "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == "doc-4"
+    meta = json.load(open(os.path.join(path, "index.json")))
+    assert meta["postprocess"]["method"] == "abtt" and meta["postprocess"]["source"] == "moments"
+    assert search(d, texts[6], k=1, index=True, postprocess="abtt")[0][0].id == "doc-6"
+    with pytest.raises(SearchError, match="'abtt'.*'center'"):
+        search(d, texts[0], index=True)
+
+    # whiten to k < D dimensions: the index has the post-processor's width
+    whiten = Postprocessor.fit(vecs, "whiten", k=8)
+    wpath = build_index(d, str(tmp_path / "idx-whiten"), postprocess=whiten)
+    idx = SearchIndex.open(d, index=wpath, postprocess=whiten)
+    assert idx._ann.d == 8 and json.load(open(os.path.join(wpath, "index.json")))["postprocess"]["dim"] == 8
+    for i, hits in enumerate(idx.search(texts[:10], k=2)):
+        assert hits[0].id == f"doc-{i}" and hits[0].score == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(SearchError, match="stale"):
+        SearchIndex.open(d, index=wpath, postprocess=Postprocessor.fit(vecs, "whiten", k=4))
+
+
+def test_index_stale_when_the_fitted_postprocessor_changes(tmp_path, corpus, tiny_elmo, faiss_one_thread):
+    texts, tokens, vecs = corpus
+    md = _metadata(tiny_elmo.fingerprint, vecs.shape[1])
+    d = _write_output(tmp_path / "o", texts[:30], tokens[:30], vecs[:30], md, cuts=(10, 20))
+    _with_postprocessor(d, vecs[:30])
+    path = build_index(d)
+    # the output grows and its post-processor is refitted (what a refresh does): stale, and
+    # build_index rebuilds (the old vectors were centred on the old mean) rather than extends
+    _add_shard(d, "part-00003.parquet", texts[30:], tokens[30:], vecs[30:], md, first_row=30)
+    refit = _with_postprocessor(d, vecs)
+    with pytest.raises(SearchError, match="stale"):
+        search(d, texts[0], index=True)
+    build_index(d)
+    meta = json.load(open(os.path.join(path, "index.json")))
+    assert meta["num_rows"] == 40 and meta["postprocess"]["fingerprint"] == refit.fingerprint()
+    assert search(d, texts[35], k=1, index=True)[0][0].id == "doc-35"
+    # an index from before the post-processing was recorded (no "postprocess"): the raw vectors
+    raw = build_index(d, str(tmp_path / "raw"), postprocess="none")
+    meta = json.load(open(os.path.join(raw, "index.json")))
+    assert meta.pop("postprocess")["method"] == "none" and not os.path.exists(os.path.join(raw, "postprocessor.npz"))
+    with open(os.path.join(raw, "index.json"), "w") as fh:
+        json.dump(meta, fh)
+    with pytest.raises(SearchError, match="built on vectors post-processed with 'none'"):
+        search(d, texts[0], index=raw)
+    assert search(d, texts[12], k=1, index=raw, postprocess="none")[0][0].id == "doc-12"

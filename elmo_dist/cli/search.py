@@ -26,14 +26,17 @@ def add_search_arguments(parser: argparse.ArgumentParser) -> None:
                      help="approximate search with the index at its default place, DIR/_index")
     parser.add_argument("--build-index", action="store_true",
                         help="build or update the approximate index (at --index PATH or the default place) "
-                             "first, then search with it")
+                             "first, on vectors post-processed as --postprocess says (rebuilt when it was built "
+                             "with another post-processing), then search with it")
     parser.add_argument("--ef-search", type=int, default=256,
                         help="HNSW search breadth (higher: better recall, slower; default 256)")
     parser.add_argument("--batch-rows", type=int, default=65536, help="rows scored at a time (exact search)")
     parser.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto (default: CUDA when present)")
     parser.add_argument("--postprocess", choices=["none", "center", "abtt", "whiten"], default=None,
-                        help="correction of the vectors before the cosine (default: the one the embed job "
-                             "fitted on the output, for exact search; none with the approximate index)")
+                        help="correction of the vectors before the cosine, for exact and approximate search "
+                             "(default: the post-processor fitted on the output, if it has one; a method is "
+                             "fitted on the output's moments). An index built with another post-processing is "
+                             "refused (or rebuilt with --build-index)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="search the finished units of an unfinished job (refused by default)")
 
@@ -51,7 +54,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     index = args.index or (True if args.ann else None)
     if args.build_index:
-        index = build_index(args.directory, args.index, allow_partial=args.allow_partial)
+        index = build_index(args.directory, args.index, allow_partial=args.allow_partial,
+                            postprocess=args.postprocess)
     idx = SearchIndex.open(args.directory, model=args.model, index=index, batch_rows=args.batch_rows,
                            device=args.device, ef_search=args.ef_search, allow_partial=args.allow_partial,
                            postprocess=args.postprocess)

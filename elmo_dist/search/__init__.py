@@ -6,7 +6,8 @@
 Modules, each importing only those before it:
 
 * ``topk``: the streaming top-k kernel (cosine scores of batches, running top-k; NumPy or torch).
-* ``index``: the approximate index: faiss HNSW over the L2-normalised vectors, its files, and
+* ``index``: the approximate index: faiss HNSW over the post-processed, L2-normalised vectors, its
+  files, ``resolve_postprocessing`` (which post-processor a search or an index applies), and
   ``index_staleness``, the one check of whether an index matches its output.
 * ``api``: ``search``, ``SearchIndex``, ``Hit``, ``format_hits``: query embedding with the output's
   own model, exact or approximate search, reading the hits' texts.

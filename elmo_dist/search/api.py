@@ -9,7 +9,8 @@ Exact search streams the ``sentence_embedding`` column of every shard in batches
 top-k per query, as global row numbers (the row's position in the concatenation of the shards, in
 ``list_shards`` order). Memory is O(batch_rows x D + queries x k) whatever the corpus size; texts
 and ids are read afterwards for the k hits only. Approximate search asks the HNSW index
-(``elmo_dist.search.index``), whose labels are row numbers in the shards it covers.
+(``elmo_dist.search.index``), whose labels are row numbers in the shards it covers; it holds the
+post-processed vectors, and the queries are post-processed the same way before the lookup.
 
 Shapes: N rows in the output, D = embedding width, Q queries, B = rows in a batch, K = k.
 """
@@ -25,10 +26,11 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from elmo_dist import schema, storage
+from elmo_dist import schema
 from elmo_dist.errors import SearchError
 from elmo_dist.output import Shard, ShardSet
-from elmo_dist.search.index import build_hint, default_index_path, indexed_shards, read_index
+from elmo_dist.search.index import (build_hint, default_index_path, indexed_shards, postprocessing_of, read_index,
+                                    resolve_postprocessing)
 from elmo_dist.search.topk import Scorer, TopK, normalize, resolve_device
 
 if TYPE_CHECKING:  # importing elmo_dist.search must not import torch
@@ -156,10 +158,12 @@ class SearchIndex:
             N x D x 4 bytes (on the GPU with a CUDA device), instead of streaming the shards per search.
         ef_search: HNSW candidate-list size at query time (>= k; higher: better recall, slower).
         postprocess: how vectors are corrected before the cosine (``elmo_dist.similarity``): None
-            (default) uses the post-processor the embed job fitted on the output (``_job/
-            postprocessor.npz``) for exact search and "none" with the approximate index (built on
-            the raw vectors); "none", "center", "abtt", "whiten" (fitted from the output's moments)
-            choose one; a ``Postprocessor`` is used as it is.
+            (default) uses the post-processor fitted on the output (by the embed job, ``_job/
+            postprocessor.npz``, or for the current refresh version), the raw vectors when it has
+            none; "none", "center", "abtt", "whiten" (fitted from the output's moments) choose one;
+            a ``Postprocessor`` is used as it is. The same for exact and approximate search: an
+            index built with another post-processing (``build_index(..., postprocess=...)``) is
+            refused as stale, naming both.
     """
 
     def __init__(self, output: ShardSet, model=None, index=None, batch_rows: int = 65536, device=None,
@@ -167,7 +171,6 @@ class SearchIndex:
         if batch_rows < 1:
             raise SearchError(f"batch_rows must be >= 1, got {batch_rows}")
         self.output = output
-        self.postprocessor = _postprocessor(output, postprocess, approximate=bool(index))
         self.batch_rows = batch_rows
         self.device = resolve_device(device)
         self.ef_search = ef_search
@@ -178,16 +181,25 @@ class SearchIndex:
         self.index_path: str | None = None
         self._ann = None
         self.shards, self.offsets = list(output.shards), output.offsets  # the row space of hits
+        self.postprocessing: dict[str, Any] = {}  # method, fingerprint, ... (as recorded in an index)
         if index:
             self.index_path = default_index_path(output.directory) if index is True else str(index)
             files = read_index(self.index_path, with_data=False)
             if files is None:
                 raise SearchError(f"{self.index_path}: no index there; "
                                   f"{build_hint(output.directory, self.index_path)}")
-            self.shards, self.offsets = indexed_shards(files.meta, output, self.index_path)
+            self.postprocessor, self.postprocessing = resolve_postprocessing(output, postprocess, self.index_path,
+                                                                             files.meta)
+            self.shards, self.offsets = indexed_shards(files.meta, output, self.index_path, self.postprocessing)
             self._ann = read_index(self.index_path).index
-        elif in_memory:
-            self._load_matrix()
+            if self._ann.d != postprocessing_of(files.meta).get("dim", output.dim):
+                raise SearchError(f"{self.index_path}: index holds vectors of width {self._ann.d}, index.json says "
+                                  f"{postprocessing_of(files.meta).get('dim', output.dim)}; rebuild it "
+                                  "(build_index(..., rebuild=True))")
+        else:
+            self.postprocessor, self.postprocessing = resolve_postprocessing(output, postprocess)
+            if in_memory:
+                self._load_matrix()
 
     @classmethod
     def open(cls, directory: str, model=None, index=None, batch_rows: int = 65536, device=None,
@@ -279,7 +291,7 @@ class SearchIndex:
         if k == 0:
             return np.zeros((len(vectors), 0), np.float32), np.zeros((len(vectors), 0), np.int64)
         self._ann.hnsw.efSearch = max(self.ef_search, k)
-        scores, rows = self._ann.search(normalize(vectors), k)
+        scores, rows = self._ann.search(normalize(self._corrected(vectors)), k)
         return scores.astype(np.float32), rows.astype(np.int64)
 
     def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
@@ -300,38 +312,6 @@ class SearchIndex:
         """Global row numbers -> (shard name, row within the shard)."""
         shard, local = _locate(self.offsets, np.asarray(rows, dtype=np.int64))
         return [(self.shards[s].name, int(r)) for s, r in zip(shard, local)]
-
-
-def _postprocessor(output: ShardSet, postprocess, approximate: bool):
-    """The post-processor a search applies (None: the raw vectors); see ``SearchIndex``."""
-    from elmo_dist.checkpoint import JobState
-    from elmo_dist.similarity import METHODS, Postprocessor
-
-    if isinstance(postprocess, Postprocessor):
-        chosen = postprocess
-    elif postprocess is None:
-        if approximate:
-            return None
-        try:
-            chosen = JobState(output.directory).postprocessor()
-        except Exception:  # a refresh output or an unreadable file: search the raw vectors
-            chosen = None
-    elif postprocess not in METHODS:
-        raise SearchError(f"postprocess must be one of {', '.join(METHODS)}, got {postprocess!r}")
-    elif postprocess == "none":
-        return None
-    else:
-        moments = JobState(output.directory).moments()
-        if moments is None:
-            raise SearchError(f"{storage.redact(output.directory)}: no sentence-vector moments to fit "
-                              f"{postprocess!r} on (outputs of `elmo-dist embed` have them in _job/moments.npz)")
-        chosen = Postprocessor.fit(moments, postprocess)
-    if chosen is not None and approximate and chosen.method != "none":
-        raise SearchError("the approximate index is built on the raw vectors: search it with postprocess "
-                          "'none', or use the exact search to post-process")
-    if chosen is not None and chosen.mean.shape[0] != output.dim:
-        raise SearchError(f"post-processor of width {chosen.mean.shape[0]} does not fit vectors of width {output.dim}")
-    return None if chosen is None or chosen.method == "none" else chosen
 
 
 def _prefetch(it: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
@@ -363,8 +343,9 @@ def search(directory: str, queries: str | Sequence[str], k: int = 10, model=None
         batch_rows: rows scored at a time (exact search).
         device: None/"cpu" (NumPy), "cuda[:N]" (torch) or "auto".
         allow_partial: search an unfinished job's finished units (refused by default).
-        postprocess: None (the output's fitted post-processor, exact search only) or a method
-            ("none", "center", "abtt", "whiten"); see ``SearchIndex``.
+        postprocess: None (the output's fitted post-processor, if any), a method ("none",
+            "center", "abtt", "whiten") or a ``Postprocessor``; see ``SearchIndex``. An index must
+            have been built with the same post-processing.
     Returns:
         per query, its hits by descending score (cosine of the post-processed vectors).
     """
