@@ -23,8 +23,7 @@ import pytest
 
 from raycluster import Cluster, _tool
 
-pytestmark = [
-    pytest.mark.slow,
+pytestmark = [  # the spread run and its status checks are in the default run; the fault drills are slow
     pytest.mark.ray,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc to find and stop Ray processes"),
 ]
@@ -139,6 +138,7 @@ def test_status_per_node_tells_the_nodes_apart(cluster, spread_run):
     print("per node:", json.dumps(per_node))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_worker_raylet_killed_mid_run_then_rerun_is_exactly_once(cluster, corpus, spread_run, tmp_path):
     from elmo_dist.output import verify
@@ -189,6 +189,7 @@ def test_worker_raylet_killed_mid_run_then_rerun_is_exactly_once(cluster, corpus
     assert len(cluster.alive_nodes()) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_device_gpu_waits_for_a_gpu_node_and_never_falls_back_to_the_cpu(cluster, corpus, tmp_path):
     """`--device gpu` on a cluster with no GPU yet: the job plans GPU actors and waits (an autoscaler

@@ -86,36 +86,47 @@ def _distinct_rows(x: torch.Tensor, max_share: float = 0.75) -> tuple[torch.Tens
 
 
 
-class _Recurrence(torch.autograd.Function):
-    """The time loop of one layer, both directions, with a hand-written backward through time.
+class _LayerFunction(torch.autograd.Function):
+    """One layer of both directions for training, with a hand-written backward through time.
 
     Autograd over the per-step loop records ~15 small ops per step and replays them one by one;
-    this function saves only each step's gate activations, cell and ``o * tanh(cell)``, runs the
-    backward as one loop of in-place ops and the weight gradients as two GEMMs over all steps. The
-    two directions are independent, so each runs in its own thread (``run_parallel``), as on the
-    inference path. Same math as ``BiLstmLayer.forward`` under autograd (tests compare gradients in
-    float64); a clamp's gradient passes where the clamped value is strictly inside the bounds.
+    this function runs the input-to-gate product as one GEMM per direction, saves only each step's
+    gate activations, cell and ``o * tanh(cell)``, runs the backward as one loop of in-place ops and
+    every weight gradient as one GEMM over all steps. The two directions are independent, so each
+    runs on its own thread (``run_parallel``), as on the inference path. Matrix products run in
+    ``cd`` (their operands are kept in ``cd``: no cast per use); state, activations and the gate
+    arithmetic stay in x's dtype. Same math as ``BiLstmLayer.forward`` under autograd (tests compare
+    outputs and gradients in float64); a clamp's gradient passes where the clamped value is strictly
+    inside the bounds. Padded steps are never computed: their outputs and gradients are 0.
 
-    forward(gates_in (2, T, B, 4C) input part + biases, w_rec (2, 4C, D), w_proj (2, D, C),
-            batch_sizes, cell_clip, proj_clip, cd) -> (2, T, B, D), exactly 0 at padded steps.
-    Matrix products run in ``cd``; state, activations and gradients stay in gates_in's dtype.
+    forward(x (2, T, B, D), w_in (2, 4C, D), bias (2, 4C) incl. the forget bias, w_rec (2, 4C, D),
+            w_proj (2, D, C), batch_sizes, cell_clip, proj_clip, cd) -> (2, T, B, D)
     """
 
     @staticmethod
-    def forward(ctx, gates_in, w_rec, w_proj, batch_sizes, cell_clip, proj_clip, cd):
-        two, t_max, b_max, c4 = gates_in.shape
-        c, p, dt = c4 // 4, w_proj.shape[1], gates_in.dtype
-        act = gates_in.detach().clone()  # (2, T, B, 4C) becomes sigmoid(i), tanh(j), sigmoid(f), sigmoid(o)
-        cells = gates_in.new_zeros(two, t_max + 1, b_max, c)  # (2, T+1, B, C) cells[:, t+1] = c_t
-        m_all = gates_in.new_zeros(two, t_max, b_max, c, dtype=cd)  # (2, T, B, C) o * tanh(c_t)
-        out = gates_in.new_zeros(two, t_max, b_max, p)  # (2, T, B, D)
+    def forward(ctx, x, w_in, bias, w_rec, w_proj, batch_sizes, cell_clip, proj_clip, cd):
+        two, t_max, b_max, p = x.shape
+        c4 = w_in.shape[1]
+        c, dt, n = c4 // 4, x.dtype, t_max * b_max
+        x_c = x.to(cd).contiguous()  # (2, T, B, D) the GEMM operand, saved for dW_in
+        act = x.new_empty(two, t_max, b_max, c4)  # (2, T, B, 4C) sigmoid(i), tanh(j), sigmoid(f), sigmoid(o)
+        cells = x.new_empty(two, t_max + 1, b_max, c)  # (2, T+1, B, C) cells[:, t+1] = c_t
+        cells[:, 0].zero_()
+        m_all = x.new_empty(two, t_max, b_max, c, dtype=cd)  # (2, T, B, C) o * tanh(c_t)
+        out = x.new_empty(two, t_max, b_max, p)  # (2, T, B, D)
+        pad = [(t, b) for t, b in enumerate(batch_sizes) if b < b_max] + \
+              [(t, 0) for t in range(len(batch_sizes), t_max)]
 
         def direction(d: int) -> None:
             w_rec_t, w_proj_t = w_rec[d].to(cd).t(), w_proj[d].to(cd).t()  # (D, 4C), (C, D)
-            h = gates_in.new_zeros(b_max, p, dtype=cd)  # (B, D)
+            act[d].view(n, c4).copy_(torch.mm(x_c[d].view(n, p), w_in[d].to(cd).t())).add_(bias[d])
+            for t, b in pad:  # padded rows: never computed, 0 in the output and the saved products
+                out[d, t, b:].zero_()
+                m_all[d, t, b:].zero_()
+            h = x.new_zeros(b_max, p, dtype=cd)  # (B, D)
             for t, b in enumerate(batch_sizes):
                 z = act[d, t, :b]  # (b, 4C)
-                z.add_(torch.mm(h[:b], w_rec_t))  # mixed dtypes: promoted in the add, no copy
+                z.add_(torch.mm(h[:b], w_rec_t))  # mixed dtypes: promoted in the add
                 z[:, :c].sigmoid_()
                 z[:, c:2 * c].tanh_()
                 z[:, 2 * c:].sigmoid_()
@@ -132,59 +143,68 @@ class _Recurrence(torch.autograd.Function):
                 out[d, t, :b] = h
 
         run_parallel([lambda d=d: direction(d) for d in range(two)])
-        ctx.save_for_backward(act, cells, m_all, out, w_rec, w_proj)
-        ctx.meta = (batch_sizes, cell_clip, proj_clip, cd)
+        ctx.save_for_backward(x_c, act, cells, m_all, out, w_in, w_rec, w_proj)
+        ctx.meta = (batch_sizes, cell_clip, proj_clip, cd, dt)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        act, cells, m_all, out, w_rec, w_proj = ctx.saved_tensors
-        batch_sizes, cell_clip, proj_clip, cd = ctx.meta
+        x_c, act, cells, m_all, out, w_in, w_rec, w_proj = ctx.saved_tensors
+        batch_sizes, cell_clip, proj_clip, cd, dt = ctx.meta
         two, t_max, b_max, c4 = act.shape
-        c, p, dt, n = c4 // 4, out.shape[-1], act.dtype, t_max * b_max
+        c, p, n = c4 // 4, out.shape[-1], t_max * b_max
         grad_out = grad_out.contiguous()
-        d_gates = torch.zeros_like(act)  # (2, T, B, 4C)
-        g_rec, g_proj = torch.empty_like(w_rec), torch.empty_like(w_proj)
+        g_x = torch.empty_like(x_c, dtype=dt)
+        g_in, g_rec, g_proj = torch.empty_like(w_in), torch.empty_like(w_rec), torch.empty_like(w_proj)
+        g_bias = act.new_zeros(two, c4)
 
         def direction(d: int) -> None:
-            w_rec_c, w_proj_c = w_rec[d].to(cd), w_proj[d].to(cd)  # (4C, D), (D, C)
-            d_hraw = out.new_zeros(t_max, b_max, p)  # (T, B, D) gradient at the projection's output
+            w_in_c, w_rec_c, w_proj_c = w_in[d].to(cd), w_rec[d].to(cd), w_proj[d].to(cd)
+            d_gates = act.new_zeros(t_max, b_max, c4, dtype=cd)  # (T, B, 4C) gate gradients, GEMM operand
+            d_hraw = out.new_zeros(t_max, b_max, p, dtype=cd)  # (T, B, D) at the projection's output
+            dz = act.new_empty(b_max, c4)  # (B, 4C) this step's gate gradients, in dt
             dh = out.new_zeros(b_max, p, dtype=cd)  # (B, D) from step t+1 through W_rec
             dc = act.new_zeros(b_max, c)  # (B, C) from step t+1 through the cell
+            gb = g_bias[d]
             for t in range(len(batch_sizes) - 1, -1, -1):
                 b = batch_sizes[t]
-                g = d_hraw[t, :b]  # (b, D)
-                torch.add(grad_out[d, t, :b], dh[:b], out=g)
+                g = torch.add(grad_out[d, t, :b], dh[:b])  # (b, D)
                 if proj_clip:
                     g.mul_(out[d, t, :b].abs() < proj_clip)
-                dm = torch.mm(g.to(cd), w_proj_c)  # (b, C) in cd
+                d_hraw[t, :b] = g
+                dm = torch.mm(d_hraw[t, :b], w_proj_c)  # (b, C) in cd
                 i, j, f, o = act[d, t, :b].split(c, dim=-1)
                 cell, prev = cells[d, t + 1, :b], cells[d, t, :b]
                 tc = torch.tanh(cell)  # (b, C)
-                dz = d_gates[d, t, :b]  # (b, 4C)
-                dz_i, dz_j, dz_f, dz_o = dz.split(c, dim=-1)
+                z = dz[:b]
+                dz_i, dz_j, dz_f, dz_o = z.split(c, dim=-1)
                 torch.mul(dm, tc, out=dz_o).mul_(o * (1 - o))
                 dcb = dc[:b]
-                dcb.addcmul_(torch.mul(dm, o), tc.mul_(tc).neg_().add_(1))  # (b, C) += dm * o * (1 - tanh^2)
+                dcb.addcmul_(torch.mul(dm, o), tc.mul_(tc).neg_().add_(1))  # += dm * o * (1 - tanh^2)
                 if cell_clip:
                     dcb.mul_(cell.abs() < cell_clip)
                 torch.mul(dcb, j, out=dz_i).mul_(i * (1 - i))
                 torch.mul(dcb, i, out=dz_j).mul_(1 - j * j)
                 torch.mul(dcb, prev, out=dz_f).mul_(f * (1 - f))
                 dcb.mul_(f)
-                torch.mm(dz.to(cd), w_rec_c, out=dh[:b])  # (b, D)
-            h_prev = torch.cat([out.new_zeros(1, b_max, p), out[d, :-1]]).view(n, p)  # (T*B, D)
-            g_rec[d] = torch.mm(d_gates[d].view(n, c4).t().to(cd), h_prev.to(cd))  # (4C, D)
-            g_proj[d] = torch.mm(d_hraw.view(n, p).t().to(cd), m_all[d].view(n, c))  # (D, C)
+                gb.add_(z.sum(0))
+                d_gates[t, :b] = z
+                torch.mm(d_gates[t, :b], w_rec_c, out=dh[:b])  # (b, D)
+            dg = d_gates.view(n, c4)
+            h_prev = torch.cat([out.new_zeros(1, b_max, p), out[d, :-1]]).view(n, p).to(cd)  # (T*B, D)
+            g_rec[d] = torch.mm(dg.t(), h_prev)  # (4C, D)
+            g_proj[d] = torch.mm(d_hraw.view(n, p).t(), m_all[d].view(n, c))  # (D, C)
+            g_in[d] = torch.mm(dg.t(), x_c[d].view(n, p))  # (4C, D)
+            g_x[d].view(n, p).copy_(torch.mm(dg, w_in_c))  # (T*B, D)
 
         run_parallel([lambda d=d: direction(d) for d in range(two)])
-        return d_gates, g_rec, g_proj, None, None, None, None
+        return g_x, g_in, g_bias, g_rec, g_proj, None, None, None, None
 
 
 class BiLstmLayer(nn.Module):
     """One layer of both stacks. Parameters are stacked over direction (0 forward, 1 backward)."""
 
-    fused_backward = True  # training: the time loop as one autograd op (_Recurrence), not per-step autograd
+    fused_backward = True  # training: the layer as one autograd op (_LayerFunction), not per-step autograd
 
     def __init__(self, p: int, c: int, cell_clip: float | None, proj_clip: float | None):
         super().__init__()
@@ -214,14 +234,14 @@ class BiLstmLayer(nn.Module):
         w_in, w_rec, w_proj = (w.to(cd) for w in (self.w_in, self.w_rec, self.w_proj))
         w_rec_t = w_rec.transpose(1, 2)  # (2, D, 4C) view of the [out, in] weight
         w_proj_t = w_proj.transpose(1, 2)  # (2, C, D)
+        training = torch.is_grad_enabled() and self.w_rec.requires_grad
+        if training and self.fused_backward:
+            return _LayerFunction.apply(x, self.w_in, self.bias + self.forget_bias, self.w_rec, self.w_proj,
+                                        list(batch_sizes), self.cell_clip, self.proj_clip, cd)
         gates_in = torch.matmul(x.to(cd).reshape(2, t_max * b_max, d), w_in.transpose(1, 2))
         gates_in = gates_in.to(x.dtype).view(2, t_max, b_max, 4 * c)  # (2, T, B, 4C)
         bias = self.bias + self.forget_bias  # (2, 4C)
         gates_in = gates_in + bias[:, None, None, :]
-        training = torch.is_grad_enabled() and self.w_rec.requires_grad
-        if training and self.fused_backward:
-            return _Recurrence.apply(gates_in, self.w_rec, self.w_proj, list(batch_sizes), self.cell_clip,
-                                     self.proj_clip, cd)
         out = None if training else x.new_zeros(2, t_max, b_max, d)  # (2, T, B, D)
         steps: list[torch.Tensor] = []  # with autograd: no in-place writes, stack at the end
         h = x.new_zeros(2, b_max, d)  # (2, B, D) projected state

@@ -19,7 +19,7 @@ class TrainConfig:
     arch: str = "mini"
     init_from: str = ""  # an official-format model (directory or s3://) whose biLM starts the training
     vocab_size: int = 30000
-    token_budget: int = 2048
+    token_budget: int = 4096
     lr: float = 2e-3
     warmup_steps: int = 200
     max_minutes: float = 60.0

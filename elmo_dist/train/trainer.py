@@ -87,9 +87,30 @@ class LMHead(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.softmax = nn.AdaptiveLogSoftmaxWithLoss(dim, vocab, cutoffs=cutoffs, div_value=4.0)
 
-    def forward(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """h (N, D), target (N,) -> summed negative log-likelihood."""
-        return -self.softmax(self.drop(h), target).output.sum()
+    def forward(self, h: torch.Tensor, target: torch.Tensor, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """h (N, D), target (N,) -> summed negative log-likelihood.
+
+        The adaptive softmax's own forward, with its matrix products in ``compute_dtype`` and the
+        log-softmax and the sum in fp32 (torch's module mixes dtypes under autocast)."""
+        sm, x = self.softmax, self.drop(h)
+        cd = compute_dtype or x.dtype
+
+        def linear(layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.linear(v.to(cd), layer.weight.to(cd)).float()
+
+        head_class = target.clone()  # (N,) the head's column of each target: the word, or its cluster
+        nll = x.new_zeros((), dtype=torch.float32)
+        bounds = [0] + sm.cutoffs
+        for k in range(1, len(bounds) - 1):
+            rows = ((target >= bounds[k]) & (target < bounds[k + 1])).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            head_class[rows] = sm.shortlist_size + k - 1
+            proj, out = sm.tail[k - 1]
+            logp = torch.log_softmax(linear(out, linear(proj, x.index_select(0, rows))), dim=1)
+            nll = nll - logp.gather(1, (target[rows] - bounds[k]).unsqueeze(1)).sum()
+        head = torch.log_softmax(linear(sm.head, x), dim=1)  # (N, shortlist + clusters)
+        return nll - head.gather(1, head_class.unsqueeze(1)).sum()
 
 
 class Trainer:
@@ -193,8 +214,9 @@ class Trainer:
         at = torch.from_numpy(t * b + r)  # (K,) rows of the flattened (T' * B) layout
         target_f = words[torch.from_numpy(r), torch.from_numpy(t + 1)]  # (K,)
         target_b = words[torch.from_numpy(r), torch.from_numpy(np.repeat(n, n + 1) - t)]  # (K,)
-        nll_f = self.head(top[0].reshape(t_max * b, p).index_select(0, at), target_f)
-        nll_b = self.head(top[1].reshape(t_max * b, p).index_select(0, at), target_b)
+        cd = torch.bfloat16 if bf16 else None
+        nll_f = self.head(top[0].reshape(t_max * b, p).index_select(0, at), target_f, cd)
+        nll_b = self.head(top[1].reshape(t_max * b, p).index_select(0, at), target_b, cd)
         return nll_f, nll_b, len(t)
 
     # ---- loop -----------------------------------------------------------------------------

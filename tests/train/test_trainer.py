@@ -117,3 +117,17 @@ def test_loss_in_lstm_layout_equals_loss_from_batch_major_outputs(tmp_path):
                 ref_b += tr.head(top[b, t + 1, p:][None], words[b, t][None]).item()
     assert n == sum(len(s) + 1 for s in sents)
     assert abs(nll_f.item() - ref_f) < 1e-4 * ref_f and abs(nll_b.item() - ref_b) < 1e-4 * ref_b
+
+
+def test_lm_head_equals_torchs_adaptive_softmax():
+    """The head's own forward (products in a chosen dtype, log-softmax in fp32) gives torch's
+    AdaptiveLogSoftmaxWithLoss loss, with targets in the shortlist and in both tail clusters."""
+    from elmo_dist.train.trainer import LMHead
+
+    torch.manual_seed(0)
+    head = LMHead(16, 300, [50, 150], dropout=0.0).eval()
+    x, target = torch.randn(500, 16), torch.randint(0, 300, (500,))
+    assert (target >= 150).any() and ((target >= 50) & (target < 150)).any()
+    ref = -head.softmax(x, target).output.sum()
+    assert torch.allclose(head(x, target), ref, rtol=1e-5)
+    assert torch.allclose(head(x, target, torch.bfloat16), ref, rtol=1e-2)
