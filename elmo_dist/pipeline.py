@@ -37,11 +37,11 @@ from elmo_dist.config import ConfigError, JobConfig, TextSettings
 from elmo_dist.errors import ElmoDistError
 from elmo_dist.lease import Lease
 from elmo_dist.model.files import load_frequencies
-from elmo_dist.model.fingerprint import model_fingerprint
+from elmo_dist.model.fingerprint import model_fingerprint, model_summary
 from elmo_dist.output import OutputError
 from elmo_dist.paths import resolve_model
 from elmo_dist.stages.read import (InputError, InputFile, Unit, check_output_outside_inputs, check_schema,
-                                   list_inputs, plan_units, read_unit)
+                                   bytes_per_unit_for, list_inputs, plan_units, read_unit)
 
 
 class IncompleteJobError(OutputError):
@@ -244,10 +244,24 @@ def plan(cfg: JobConfig, files: list[InputFile], pack: bool = True) -> Plan:
     """Check the files' schemas and null ids (before any work), cut them into units (small files
     packed together unless ``pack`` is off), fingerprint the model. Shared by ``run`` and ``refresh``."""
     check_schema(files, cfg.text)
-    fp, dim = model_fingerprint(cfg.model)
+    fp, dim, layers = model_summary(cfg.model)
     identity = vectors_identity(cfg, fp)
-    units = plan_units(files, cfg.run.rows_per_unit, pack=pack)
+    units = plan_units(files, cfg.run.rows_per_unit, bytes_per_unit_for(output_bytes_per_token(cfg, dim, layers)),
+                       pack=pack)
     return Plan(units, fp, dim, identity)
+
+
+TOKENS_PER_SENTENCE = 20  # 47 on the bundled sample; the low end: more sentences, more sentence vectors
+
+
+def output_bytes_per_token(cfg: JobConfig, dim: int, layers: int) -> float:
+    """Estimated output bytes per input token: the token vectors asked for, the sentence vectors
+    (one per ~``TOKENS_PER_SENTENCE`` tokens) and ~8 bytes of the tokens column; units are cut so that
+    their output stays within ``stages.read.OUTPUT_BYTES_PER_UNIT``."""
+    emb = cfg.embedding
+    size = 2 if emb.dtype == "float16" else 4
+    per_token = dim * (layers if emb.token_output == "all" else 1) * size if emb.token_embeddings else 0
+    return 8.0 + per_token + dim * size / TOKENS_PER_SENTENCE
 
 
 def run(cfg: JobConfig, model: str | None = None) -> dict[str, Any]:

@@ -21,5 +21,11 @@ def fingerprint_arrays(opts: ElmoOptions, weights: dict[str, np.ndarray]) -> str
 
 def model_fingerprint(path: str) -> tuple[str, int]:
     """(fingerprint, output dim D) of the model directory or URI ``path``."""
+    fp, dim, _ = model_summary(path)
+    return fp, dim
+
+
+def model_summary(path: str) -> tuple[str, int, int]:
+    """(fingerprint, output dim D, layers L+1) of the model directory or URI ``path``."""
     opts, weights = load_official_files(path)
-    return fingerprint_arrays(opts, weights), opts.output_dim
+    return fingerprint_arrays(opts, weights), opts.output_dim, opts.lstm.n_layers + 1

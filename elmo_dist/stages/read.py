@@ -32,6 +32,19 @@ logger = logging.getLogger(__name__)
 
 FOOTER_READERS = 16  # footers read in parallel when listing (S3 latency)
 BYTES_PER_UNIT = 512 << 20  # uncompressed input bytes per work unit, at most
+OUTPUT_BYTES_PER_UNIT = 1 << 30  # a unit's estimated output (its shard, the actor's buffers), at most
+INPUT_BYTES_PER_TOKEN = 4.0  # English prose: 4.9 on the bundled sample; the low end, so estimates run high
+MIN_BYTES_PER_UNIT = 256 << 10  # however large each token's output, a unit reads at least this much
+
+
+def bytes_per_unit_for(output_bytes_per_token: float) -> int:
+    """Uncompressed input bytes per unit that keep the unit's estimated output within
+    ``OUTPUT_BYTES_PER_UNIT`` (all layers of per-token vectors of a 1024-dim model are ~12 kB per
+    token: a unit of 20,000 web-page rows would otherwise write hundreds of GB)."""
+    if output_bytes_per_token <= 0:
+        return BYTES_PER_UNIT
+    cap = int(OUTPUT_BYTES_PER_UNIT * INPUT_BYTES_PER_TOKEN / output_bytes_per_token)
+    return max(MIN_BYTES_PER_UNIT, min(BYTES_PER_UNIT, cap))
 
 
 class InputError(ElmoDistError, ValueError):

@@ -106,3 +106,38 @@ def test_units_are_capped_by_bytes(tmp_path):
     assert sum(u.num_rows for u in units) == 40 and len(units) >= 2 and units[0].num_rows == 20
     for u in units:
         assert sum(sizes[g] for g in u.row_groups) <= cap
+
+
+def test_units_are_cut_by_their_estimated_output_size(tmp_path):
+    """Per-token vectors of every layer of a 1024-dim model are ~12 kB per token: a unit then reads
+    at most ~350 kB of text (~1 GiB of output), however many rows --rows-per-unit allows."""
+    from elmo_dist.config import JobConfig
+    from elmo_dist.pipeline import output_bytes_per_token
+    from elmo_dist.stages.read import (BYTES_PER_UNIT, MIN_BYTES_PER_UNIT, OUTPUT_BYTES_PER_UNIT,
+                                       bytes_per_unit_for, list_inputs, plan_units)
+
+    big = JobConfig.build(inputs=["x"], output=str(tmp_path / "o"), **{"embedding.token_embeddings": True,
+                                                                      "embedding.token_output": "all"})
+    per_token = output_bytes_per_token(big, 1024, 3)
+    assert per_token > 1024 * 3 * 4
+    cap = bytes_per_unit_for(per_token)
+    assert MIN_BYTES_PER_UNIT <= cap < 400 << 10
+    assert cap / 4.0 * per_token <= OUTPUT_BYTES_PER_UNIT * 1.001
+    sentences_only = JobConfig.build(inputs=["x"], output=str(tmp_path / "o"))
+    assert bytes_per_unit_for(output_bytes_per_token(sentences_only, 256, 3)) > 50 << 20
+    assert bytes_per_unit_for(0) == BYTES_PER_UNIT
+
+    import random
+
+    rng = random.Random(0)
+    rows = [(f"r{i}", " ".join(str(rng.getrandbits(24)) for _ in range(1300))) for i in range(200)]  # ~10 kB each
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "text": [r[1] for r in rows]}), tmp_path / "a.parquet",
+                   row_group_size=10)
+    files = list_inputs([str(tmp_path / "a.parquet")])
+    units = plan_units(files, rows_per_unit=20_000, bytes_per_unit=cap)
+    assert len(units) > 4  # cut by bytes, not by the 20,000-row limit
+    assert all(sum(files[0].group_bytes[g] for g in u.row_groups) <= cap for u in units)
+    assert sum(u.num_rows for u in units) == 200
