@@ -3,7 +3,9 @@
     python tools/model_card.py [--model-dir elmo_dist/models/default] [--out docs/models.md]
 
 Reads model.json (written by tools/package_model.py), training_corpus.json (the sources.json of
-tools/corpus_recipe.py) and evaluation.json (written by tools/evaluate_model.py --out), so every
+tools/corpus_recipe.py), evaluation.json (written by tools/evaluate_model.py --out) and
+evaluate.jsonl / evaluate-previous.jsonl (`elmo-dist evaluate --json` of this model and of the model
+it replaced), so every
 figure in the card comes from a committed script's output. Build tooling for the built-in model,
 run from the repository root (not part of the installed package).
 """
@@ -19,6 +21,48 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the reposi
 
 def _load(path: str):
     return json.load(open(path)) if os.path.exists(path) else None
+
+
+def _rows(path: str) -> list[dict] | None:
+    if not os.path.exists(path):
+        return None
+    return [json.loads(line) for line in open(path) if line.strip()]
+
+
+def _key(r: dict) -> tuple:
+    return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
+
+
+def compare(new: list[dict], old: list[dict]) -> list[tuple]:
+    """Rows of `elmo-dist evaluate` where the new model scores below the old one: (key, new, old)."""
+    before = {_key(r): r["value"] for r in old}
+    return [(_key(r), r["value"], before[_key(r)]) for r in new
+            if r["representation"] != "tfidf" and _key(r) in before and r["value"] < before[_key(r)]]
+
+
+def evaluate_table(new: list[dict], old: list[dict] | None) -> list[str]:
+    """One line per set / metric / representation / pooling, one column per post-processing:
+    ``new (old)`` x100."""
+    before = {_key(r): r["value"] for r in old or []}
+    methods = list(dict.fromkeys(r["postprocess"] for r in new if r["postprocess"] != "-"))
+    lines = ["| set | metric (x100) | representation | pooling | " + " | ".join(methods) + " |",
+             "|---|---|---|---|" + "---|" * len(methods)]
+    groups = list(dict.fromkeys(_key(r)[:4] for r in new))
+    value = {_key(r): r["value"] for r in new}
+    for g in groups:
+        cells = []
+        for m in (["-"] if g[2] == "tfidf" else methods):
+            k = (*g, m)
+            if k not in value:
+                cells.append("")
+                continue
+            cell = f"{100 * value[k]:.1f}"
+            if k in before and g[2] != "tfidf":
+                cell += f" ({100 * before[k]:.1f})"
+            cells.append(cell)
+        cells += [""] * (len(methods) - len(cells))
+        lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {g[3]} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def render(model_dir: str) -> str:
@@ -43,6 +87,14 @@ def render(model_dir: str) -> str:
         f"- fingerprint: `{info['fingerprint']}` (sha256 of options + weights, as in every output's metadata)",
         f"- output dim D = {info['output_dim']}; {info['parameters']:,} biLM parameters; "
         f"weights.hdf5 {info['weights_bytes'] / 2**20:.1f} MiB ({info['weights_dtype']})",
+    ]
+    freq = os.path.join(model_dir, "frequencies.tsv")
+    if os.path.exists(freq):
+        with open(freq, encoding="utf-8") as fh:
+            n_words = sum(1 for _ in fh)
+        out.append(f"- frequencies.tsv: unigram counts of the {n_words:,} most frequent words of its training "
+                   "text, for `--pooling sif` (docs/similarity.md)")
+    out += [
         "",
         "## Architecture",
         "",
@@ -83,6 +135,24 @@ def render(model_dir: str) -> str:
             total += n
             out.append(f"| {s['title']} | {s['licence']} | {s['package']} | {s['version']} | {n:,} |")
         out.append(f"| **total** | | | | **{total:,}** |")
+    rows = _rows(os.path.join(model_dir, "evaluate.jsonl"))
+    prev = _rows(os.path.join(model_dir, "evaluate-previous.jsonl"))
+    if rows:
+        sif = {r.get("sif_frequencies") for r in rows if r.get("sif_frequencies")}
+        out += ["", "## `elmo-dist evaluate`", "",
+                "`python tools/evaluate_model.py --write-sets sets/` then `elmo-dist evaluate --pairs sets/lee.tsv "
+                "--labelled sets/rt.tsv --json evaluate.jsonl`: Lee document pairs (Spearman of the cosine with "
+                "the human ratings, 1,225 pairs of 50 news documents) and 6,000 Rotten Tomatoes snippets "
+                "(5-fold cross-validated logistic regression), every representation x pooling x post-processing "
+                "(fitted on each set's own texts); values x100"
+                + (f", in parentheses the previous built-in model (`{prev[0].get('model', '?')}`) on the same sets"
+                   " and the same word frequencies" if prev else "")
+                + f". SIF word frequencies: {', '.join(sorted(sif)) or '-'} (model = this model's frequencies.tsv)."
+                "", ""] + evaluate_table(rows, prev)
+        if prev:
+            worse = compare(rows, prev)
+            out += ["", f"Rows where this model scores below the previous one: {len(worse)} of "
+                        f"{sum(1 for r in rows if r['representation'] != 'tfidf')}."]
     out += ["", "## Evaluation", ""]
     if ev:
         out += [f"`python tools/evaluate_model.py --model {ev.get('model_dir', 'DIR')}` "
