@@ -27,13 +27,17 @@ def test_low_precision_close_to_fp32(tiny_dir, tiny_ref, dtype):
     np.testing.assert_allclose(b[:, 0], ref["layer0"], atol=BOUND[dtype])
 
 
-def test_plain_autograd_path_matches_allennlp(tiny_dir, tiny_ref):
-    """With autograd on, the biLM takes the plain per-step path (the one CUDA and training use),
-    not the CPU inference fast path: it must match AllenNLP's reference to 1e-5 as well."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_plain_autograd_path_matches_allennlp(tiny_dir, tiny_ref, fused):
+    """With autograd on, the biLM takes the per-step paths, not the CPU inference fast path: the plain
+    loop (what CUDA inference runs) and the training layer op (``_LayerFunction``) must both match
+    AllenNLP's reference to 1e-5 as well."""
     sents, ref = tiny_ref
     elmo = Elmo.from_pretrained(tiny_dir)
     for p in elmo.parameters():
         p.requires_grad_(True)
+    for layer in elmo.bilm.lstm.layers:
+        layer.fused_backward = fused
     b = Batch.from_sentences(sents)
     ids, index, lengths = (torch.from_numpy(x) for x in (b.token_char_ids, b.token_index, b.lengths))
     with torch.enable_grad():
