@@ -74,6 +74,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.raycluster import _alive as alive  # noqa: E402  (the test fixtures' /proc and port helpers)
 from tests.raycluster import _free_ports as free_ports  # noqa: E402
+from tests.raycluster import _head_pids as head_pids  # noqa: E402
 from tests.raycluster import _proc_table as proc_table  # noqa: E402
 from tests.raycluster import _tool as tool  # noqa: E402
 
@@ -153,24 +154,8 @@ class RayHead:
         raise RuntimeError("could not start a Ray head:\n" + "\n".join(failures))
 
     def pids(self) -> set[int]:
-        """Processes of this head: those naming its temp dir or GCS address, and their descendants
-        (workers rename themselves, e.g. ``ray::IDLE``, but are children of the raylet)."""
-        if not self.markers:
-            return set()
-        table = proc_table()
-        mine = {p for p, (_, cmd) in table.items() if any(m in cmd for m in self.markers)}
-        grew = True
-        while grew:
-            grew = False
-            for pid, (ppid, _) in table.items():
-                if ppid in mine and pid not in mine:
-                    mine.add(pid)
-                    grew = True
-        pid = os.getpid()  # never this process or its ancestors
-        while pid > 1 and pid in table:
-            mine.discard(pid)
-            pid = table[pid][0]
-        return mine
+        """Processes of this head: those naming its temp dir or GCS address, and their descendants."""
+        return head_pids(self.markers) if self.markers else set()
 
     def processes(self, contains: str) -> list[int]:
         """PIDs of this head's processes whose command line contains ``contains``."""

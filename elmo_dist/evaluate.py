@@ -212,18 +212,12 @@ def sif_weights(counts: dict[str, int], a: float = SIF_A):
     return lambda w: table.get(w, rare)
 
 
-def text_vectors(elmo, texts: Sequence[str], weight=None, token_budget: int = DEFAULT_TOKEN_BUDGET
-                 ) -> tuple[dict[str, np.ndarray], list[list[str]]]:
-    """Pooled per-layer vectors of each text: {"mean": (N, L+1, D), "sif": (N, L+1, D)} and each text's
-    tokens. A text with no token gets zeros."""
-    sents, owner, tokens = [], [], []
-    for i, text in enumerate(texts):
-        toks = []
-        for s in elmo.tokenize(text, split_sentences=True):
-            sents.append(s)
-            owner.append(i)
-            toks.extend(s)
-        tokens.append(toks)
+def text_vectors(elmo, texts: Sequence[Sequence[Sequence[str]]], weight=None,
+                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict[str, np.ndarray]:
+    """Pooled per-layer vectors of each text, given as its tokenized sentences: {"mean": (N, L+1, D),
+    "sif": (N, L+1, D)}. A text with no token gets zeros."""
+    sents = [s for text in texts for s in text]
+    owner = [i for i, text in enumerate(texts) for _ in text]
     n_layers, dim = elmo.bilm.num_layers, elmo.output_dim
     sums = {p: np.zeros((len(texts), n_layers, dim)) for p in POOLINGS}
     counts = np.zeros(len(texts))
@@ -236,7 +230,7 @@ def text_vectors(elmo, texts: Sequence[str], weight=None, token_budget: int = DE
             w = np.array([weight(t) for t in s]) if weight is not None else np.ones(len(s))
             sums["sif"][i] += (v * w[None, :, None]).sum(axis=1)
             counts[i] += len(s)
-    return {p: (x / np.maximum(counts, 1)[:, None, None]).astype(np.float32) for p, x in sums.items()}, tokens
+    return {p: (x / np.maximum(counts, 1)[:, None, None]).astype(np.float32) for p, x in sums.items()}
 
 
 def _representations(elmo, pooled: np.ndarray) -> dict[str, np.ndarray]:
@@ -252,8 +246,7 @@ def _representations(elmo, pooled: np.ndarray) -> dict[str, np.ndarray]:
 def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
     if method == "none":
         return x
-    k = min(DEFAULT_K.get(method, 0) or x.shape[1], x.shape[1], max(1, x.shape[0] - 1)) \
-        if method in DEFAULT_K else None
+    k = min(DEFAULT_K[method], x.shape[1], max(1, x.shape[0] - 1)) if method in DEFAULT_K else None
     return Postprocessor.fit(x, method, k).transform(x)
 
 
@@ -292,12 +285,13 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
     source = "given"
     if frequencies is None:
         frequencies, source = getattr(elmo, "frequencies", None), "model"  # the model's frequencies.tsv
+    sentences = [elmo.tokenize(text, split_sentences=True) for text in order]  # per text, once
+    tokens = [[t for s in text for t in s] for text in sentences]
     if "sif" in poolings and frequencies is None:  # else: counted over the texts being evaluated
         source = "texts"
-        frequencies = collections.Counter(t for text in order for s in elmo.tokenize(text, split_sentences=True)
-                                          for t in s)
+        frequencies = collections.Counter(t for text in tokens for t in text)
     weight = sif_weights(frequencies) if "sif" in poolings else None
-    pooled, tokens = text_vectors(elmo, order, weight, token_budget)
+    pooled = text_vectors(elmo, sentences, weight, token_budget)
     n_tok = sum(len(t) for t in tokens)
     logger.info("embedded %d texts (%d tokens) in %.1f s", len(order), n_tok, time.time() - t0)
     row_of = {t: i for i, t in enumerate(order)}
@@ -344,20 +338,25 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
     return out
 
 
-def format_table(rows: list[dict]) -> str:
-    """A markdown table: one line per set / representation / pooling, one column per post-processing."""
+def format_table(rows: list[dict], previous: list[dict] | None = None) -> str:
+    """A markdown table, values x100: one line per set / metric / representation / pooling, one
+    column per post-processing; with ``previous`` (another model's rows), ``new (previous)`` cells."""
+    def key(r: dict) -> tuple:
+        return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
+
     methods = list(dict.fromkeys(r["postprocess"] for r in rows if r["postprocess"] != "-"))
-    keys = list(dict.fromkeys((r["set"], r["metric"], r["representation"], r["pooling"]) for r in rows))
-    value = {(r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"]): r["value"] for r in rows}
-    scale = {"spearman": 100.0, "accuracy": 100.0, "macro_f1": 100.0}
+    value = {key(r): r["value"] for r in rows}
+    before = {key(r): r["value"] for r in previous or []}
     lines = ["| set | metric (x100) | representation | pooling | " + " | ".join(methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
-    for s, metric, rep, pooling in keys:
-        if rep == "tfidf":
-            v = value[(s, metric, rep, pooling, "-")] * scale[metric]
-            cells = [f"{v:.1f}"] + [""] * (len(methods) - 1)
-        else:
-            cells = [f"{value[(s, metric, rep, pooling, m)] * scale[metric]:.1f}"
-                     if (s, metric, rep, pooling, m) in value else "" for m in methods]
-        lines.append(f"| {s} | {metric} | {rep} | {pooling} | " + " | ".join(cells) + " |")
+    for g in dict.fromkeys(key(r)[:4] for r in rows):
+        cells = []
+        for m in (["-"] if g[2] == "tfidf" else methods):
+            k = (*g, m)
+            cell = f"{100 * value[k]:.1f}" if k in value else ""
+            if k in value and k in before and g[2] != "tfidf":
+                cell += f" ({100 * before[k]:.1f})"
+            cells.append(cell)
+        cells += [""] * (len(methods) - len(cells))
+        lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {g[3]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

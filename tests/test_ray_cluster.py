@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
@@ -40,33 +39,19 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 CORPUS_REL = "elmo_dist/data/sample_corpus.parquet"
 MODEL_REL = "tests/fixtures/elmo-tiny-f1"
 RUN_TIMEOUT = 480
 
 
 # the head and process helpers live in tests/raycluster.py (shared with test_multinode.py and bench/chaos.py)
-from raycluster import Head, _head_pids, _tool  # noqa: E402
+from raycluster import Head, _head_pids, _tool, ray_env  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     root = Path(tempfile.mkdtemp(prefix="elmo-ray-", dir="/tmp"))  # short: AF_UNIX paths max 107 bytes
-    token = root / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    token.chmod(0o600)
-    env = dict(os.environ)
-    for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN", "RAY_TMPDIR"):
-        env.pop(k, None)
-    for k in [k for k in env if k.startswith("AWS_")]:  # the head's node knows no S3 settings
-        env.pop(k)
-    env.update({
-        "RAY_AUTH_MODE": "token",             # Ray 2.60 clients send the token only in token mode
-        "RAY_AUTH_TOKEN_PATH": str(token),    # this head's token, not ~/.ray/auth_token
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # the job's `python` is this venv's
-    })
+    env = ray_env(root)  # a private token, token auth, no S3 settings: the head's node knows none
     head = Head(root, env)
     try:
         head.start()

@@ -16,6 +16,8 @@ import argparse
 import json
 import os
 
+from elmo_dist.evaluate import format_table
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
@@ -38,31 +40,6 @@ def compare(new: list[dict], old: list[dict]) -> list[tuple]:
     before = {_key(r): r["value"] for r in old}
     return [(_key(r), r["value"], before[_key(r)]) for r in new
             if r["representation"] != "tfidf" and _key(r) in before and r["value"] < before[_key(r)]]
-
-
-def evaluate_table(new: list[dict], old: list[dict] | None) -> list[str]:
-    """One line per set / metric / representation / pooling, one column per post-processing:
-    ``new (old)`` x100."""
-    before = {_key(r): r["value"] for r in old or []}
-    methods = list(dict.fromkeys(r["postprocess"] for r in new if r["postprocess"] != "-"))
-    lines = ["| set | metric (x100) | representation | pooling | " + " | ".join(methods) + " |",
-             "|---|---|---|---|" + "---|" * len(methods)]
-    groups = list(dict.fromkeys(_key(r)[:4] for r in new))
-    value = {_key(r): r["value"] for r in new}
-    for g in groups:
-        cells = []
-        for m in (["-"] if g[2] == "tfidf" else methods):
-            k = (*g, m)
-            if k not in value:
-                cells.append("")
-                continue
-            cell = f"{100 * value[k]:.1f}"
-            if k in before and g[2] != "tfidf":
-                cell += f" ({100 * before[k]:.1f})"
-            cells.append(cell)
-        cells += [""] * (len(methods) - len(cells))
-        lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {g[3]} | " + " | ".join(cells) + " |")
-    return lines
 
 
 def render(model_dir: str) -> str:
@@ -148,7 +125,7 @@ def render(model_dir: str) -> str:
                 + (f", in parentheses the previous built-in model (`{prev[0].get('model', '?')}`) on the same sets"
                    " and the same word frequencies" if prev else "")
                 + f". SIF word frequencies: {', '.join(sorted(sif)) or '-'} (model = this model's frequencies.tsv)."
-                "", ""] + evaluate_table(rows, prev)
+                "", ""] + format_table(rows, prev).split("\n")
         if prev:
             worse = compare(rows, prev)
             out += ["", f"Rows where this model scores below the previous one: {len(worse)} of "
