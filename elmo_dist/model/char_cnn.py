@@ -24,6 +24,8 @@ from elmo_dist.model.threads import run_parallel
 from elmo_dist.text.chars import N_CHARS, PAD_CHAR, W
 
 BLOCK = 256  # distinct tokens per block on the fast path
+GROUP_SHARES = (0.5, 0.9)  # autograd path: length groups cut at these quantiles of token length
+MIN_GROUP = 64  # tokens; smaller groups join a neighbour
 
 
 def trimmed_width(char_ids: torch.Tensor, max_filter_width: int) -> int:
@@ -38,8 +40,32 @@ def trimmed_width(char_ids: torch.Tensor, max_filter_width: int) -> int:
     return int(min(W, used + max_filter_width))
 
 
+def length_groups(char_ids: torch.Tensor, shares: tuple[float, ...] = GROUP_SHARES) -> list[torch.Tensor]:
+    """Distinct tokens split into groups of similar length (index tensors, shortest group first), so
+    each group's convolution is trimmed to its own longest token: on English text the batch's longest
+    token sets the width of all (~3x the median token's). The cuts are at the ``shares`` quantiles of
+    the sorted lengths; groups under ``MIN_GROUP`` tokens join their neighbour. Exact: a token's output
+    and gradients do not depend on the width it is trimmed to (see ``trimmed_width``)."""
+    u = char_ids.shape[0]
+    if u < 2 * MIN_GROUP:
+        return [torch.arange(u, device=char_ids.device)]
+    used = (char_ids != PAD_CHAR).sum(dim=1)  # (U,) chars incl. BOW/EOW
+    order = torch.argsort(used, stable=True)  # (U,) shortest first
+    cuts = sorted({min(u, max(MIN_GROUP, int(q * u))) for q in shares} | {u})
+    groups, start = [], 0
+    for end in cuts:
+        if end - start >= MIN_GROUP or end == u:
+            groups.append(order[start:end])
+            start = end
+    if len(groups) > 1 and groups[-1].shape[0] < MIN_GROUP:
+        groups[-2:] = [torch.cat(groups[-2:])]
+    return groups
+
+
 class CharCNN(nn.Module):
     """char ids (U, W) -> token vectors (U, D)."""
+
+    group_shares = GROUP_SHARES  # autograd route: length-group cuts (``length_groups``); () = one group
 
     def __init__(self, opts: CharCNNOptions, projection_dim: int):
         super().__init__()
@@ -62,6 +88,21 @@ class CharCNN(nn.Module):
         """
         if char_ids.device.type == "cpu" and not (torch.is_grad_enabled() and self.proj.weight.requires_grad):
             return self._forward_fast(char_ids)
+        groups = length_groups(char_ids, self.group_shares)
+        if len(groups) == 1:
+            h = self._conv_pool(char_ids)  # (U, F)
+        else:  # each group trimmed to its own longest token, then put back in order
+            order = torch.cat(groups)  # (U,)
+            h = torch.cat([self._conv_pool(char_ids[g]) for g in groups])  # (U, F) in `order`
+            h = h[torch.argsort(order)]  # (U, F)
+        for hw in self.highways:
+            a, t = hw(h).chunk(2, dim=-1)  # (U, F), (U, F)
+            t = torch.sigmoid(t)  # transform gate: selects the non-linear branch
+            h = t * F.relu(a) + (1.0 - t) * h  # (U, F); highway is always relu
+        return self.proj(h)  # (U, D)
+
+    def _conv_pool(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """(U, W) char ids -> (U, F) max-pooled, activated filter outputs, trimmed to these tokens' width."""
         width = trimmed_width(char_ids, max(self.widths))
         x = self.char_embed(char_ids[:, :width])  # (U, W') -> (U, W', E)
         x = x.transpose(1, 2)  # (U, E, W')
@@ -70,12 +111,7 @@ class CharCNN(nn.Module):
             y = conv(x)  # (U, n_i, W' - w_i + 1)
             y = y.max(dim=-1).values  # (U, n_i): max over positions first ...
             pooled.append(self.activation(y))  # ... then the activation
-        h = torch.cat(pooled, dim=-1)  # (U, F)
-        for hw in self.highways:
-            a, t = hw(h).chunk(2, dim=-1)  # (U, F), (U, F)
-            t = torch.sigmoid(t)  # transform gate: selects the non-linear branch
-            h = t * F.relu(a) + (1.0 - t) * h  # (U, F); highway is always relu
-        return self.proj(h)  # (U, D)
+        return torch.cat(pooled, dim=-1)  # (U, F)
 
     def _forward_fast(self, char_ids: torch.Tensor) -> torch.Tensor:
         """The no-grad CPU route of ``forward``: (U, W) char ids -> (U, D), same function."""

@@ -24,10 +24,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.model.elmo import BiLM, Batch, Elmo
 from elmo_dist.model.options import ElmoOptions
+from elmo_dist.model.threads import keep_freed_memory
 from elmo_dist.paths import default_model_path
 from elmo_dist.train.config import ARCHS, TrainConfig  # noqa: F401  (re-exported)
 from elmo_dist.stages.batch import plan_batches
@@ -107,10 +109,10 @@ class LMHead(nn.Module):
                 continue
             head_class[rows] = sm.shortlist_size + k - 1
             proj, out = sm.tail[k - 1]
-            logp = torch.log_softmax(linear(out, linear(proj, x.index_select(0, rows))), dim=1)
-            nll = nll - logp.gather(1, (target[rows] - bounds[k]).unsqueeze(1)).sum()
-        head = torch.log_softmax(linear(sm.head, x), dim=1)  # (N, shortlist + clusters)
-        return nll - head.gather(1, head_class.unsqueeze(1)).sum()
+            logits = linear(out, linear(proj, x.index_select(0, rows)))  # (n_k, cluster size)
+            nll = nll + F.cross_entropy(logits, target[rows] - bounds[k], reduction="sum")
+        head = linear(sm.head, x)  # (N, shortlist + clusters)
+        return nll + F.cross_entropy(head, head_class, reduction="sum")
 
 
 class Trainer:
@@ -118,6 +120,7 @@ class Trainer:
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
         torch.set_num_threads(cfg.threads)
+        keep_freed_memory()  # a step's large tensors reuse the previous step's pages (no page faults)
         self.train = read_sentences(os.path.join(cfg.corpus, "train.txt"))
         self.valid = read_sentences(os.path.join(cfg.corpus, "valid.txt"), cfg.eval_tokens)
         vocab_path = os.path.join(cfg.out, "vocab.txt")
