@@ -49,3 +49,20 @@ def test_fused_recurrence_bf16_products_stay_close_to_fp32():
     assert low.dtype == torch.float32  # state and outputs stay fp32
     err = (low.detach() - ref).abs().max().item()
     assert 0 < err < 0.05, err
+
+
+def test_in_place_no_grad_loop_matches_autograd_loop_float64():
+    torch.manual_seed(0)
+    layer = BiLstmLayer(6, 5, 0.5, 0.3).double()
+    for prm in layer.parameters():
+        torch.nn.init.normal_(prm, std=0.8)
+    layer.requires_grad_(False)
+    x = torch.randn(2, 7, 4, 6, dtype=torch.float64)
+    batch_sizes = [4, 4, 3, 3, 2, 1, 1]
+    layer.in_place = False
+    ref = layer(x, batch_sizes)
+    layer.in_place = True
+    out = layer(x, batch_sizes)
+    assert (ref.abs() == 0.3).any()  # the projection clip was hit
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    assert out[:, 5:, 1:].abs().max() == 0  # padding stays exactly 0

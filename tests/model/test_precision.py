@@ -1,5 +1,5 @@
 """Reduced-precision matmuls (the GPU/AMX fast path) stay close to fp32; fp32 stays the default; the
-plain (autograd) path, which CUDA uses, is exact too."""
+per-step paths CUDA uses (the in-place no-grad loop for inference, autograd for training) are exact too."""
 
 import numpy as np
 import pytest
@@ -48,3 +48,26 @@ def test_plain_autograd_path_matches_allennlp(tiny_dir, tiny_ref, fused):
     layers = (acts[:, :, 1:t + 1] * mask[None, :, :, None]).detach().numpy()
     for k in range(3):
         np.testing.assert_allclose(layers[k], ref[f"layer{k}"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_in_place_no_grad_path_matches(tiny_dir, tiny_ref, dtype, monkeypatch):
+    """CUDA inference runs the in-place step loop (``BiLstmLayer._forward_in_place``), not the CPU
+    threads: with the CPU route switched off it runs here, and matches AllenNLP (fp32, 1e-5) and the
+    CPU route (reduced precision, as close as the bounds above)."""
+    from elmo_dist.model import bilstm
+
+    sents, ref = tiny_ref
+    elmo = Elmo.from_pretrained(tiny_dir, compute_dtype=dtype)
+    cpu_route, _ = elmo.embed_batch(sents)
+    calls = []
+    monkeypatch.setattr(bilstm.BiLstm, "cpu_fast_path", False)
+    original = bilstm.BiLstmLayer._forward_in_place
+    monkeypatch.setattr(bilstm.BiLstmLayer, "_forward_in_place",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    layers, _ = elmo.embed_batch(sents)
+    assert len(calls) == 2  # both layers took the in-place route
+    if dtype == "float32":
+        for k in range(3):
+            np.testing.assert_allclose(layers[:, k], ref[f"layer{k}"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(layers, cpu_route, atol=1e-5 if dtype == "float32" else BOUND[dtype], rtol=0)
