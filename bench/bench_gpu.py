@@ -9,9 +9,12 @@ downloaded) and a synthetic Zipf corpus, then prints one markdown table:
 - model alone: ``Elmo.embed_sentences`` (mean pooling) at several token budgets, fp32 and bf16,
   tokens/s and peak GPU memory; fp32 is checked against the CPU result on the same sentences
   (max abs error; TF32 is off in fp32 mode, so this stays at fp32 rounding);
+- the step loop: the in-place no-grad route CUDA inference takes against the autograd loop it
+  replaced (fp32, largest budget);
 - the job: ``elmo-dist embed``'s ``run()`` on a local Ray runtime with one GPU actor, raw text in
-  (sentences split and tokenized by the actor), tokens/s of the streaming part and the ratio to the
-  model alone at the job's token budget.
+  (sentences split and tokenized by the actor's prepare processes), tokens/s of the streaming part
+  and the ratio to the model alone at the job's token budget; also for the small built-in model,
+  whose GPU speed the tokenizing has to keep up with.
 
 Read the table with the machine's load (printed) in mind; compare within one run.
 """
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import load_average, synthetic_corpus, write_model  # noqa: E402
+from elmo_dist.paths import default_model_path  # noqa: E402  (bench_model puts the repository on the path)
 
 
 def model_alone(model: str, sents: list[list[str]], device: str, dtype: str, budget: int,
@@ -55,7 +59,7 @@ def model_alone(model: str, sents: list[list[str]], device: str, dtype: str, bud
     return {"tokens_per_s": tokens / float(np.median(times)), "peak_mb": mem, "vecs": vecs}
 
 
-def job(model: str, sents: list[list[str]], tmp: str, device: str, dtype: str, budget: int) -> dict:
+def job(model: str, sents: list[list[str]], tmp: str, device: str, dtype: str, budget: int, tag: str = "") -> dict:
     import ray
 
     from elmo_dist.config import JobConfig
@@ -74,7 +78,7 @@ def job(model: str, sents: list[list[str]], tmp: str, device: str, dtype: str, b
         ray_start = time.perf_counter() - t0
     else:
         ray_start = 0.0
-    out = os.path.join(tmp, f"out-{dtype}-{budget}")
+    out = os.path.join(tmp, f"out{tag}-{dtype}-{budget}")
     gpus = 1.0 if device.startswith("cuda") else 0.0
     cfg = JobConfig.build(inputs=[inp], output=out, model=model, **{
         "text.id_column": "id", "text.sentence_split": "none", "run.compute_dtype": dtype,
@@ -82,6 +86,7 @@ def job(model: str, sents: list[list[str]], tmp: str, device: str, dtype: str, b
         "run.num_gpus_per_actor": gpus, "run.num_actors": 1})
     summary = run(cfg)
     return {"tokens_per_s": summary["tokens_per_second_this_run"], "ray_start": ray_start,
+            "prepare_processes": summary["actors"]["prepare_processes"],
             "padding": summary["padding_ratio"], "seconds": summary["seconds"]}
 
 
@@ -130,7 +135,24 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| model alone | {dtype} | {budget} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | "
                          f"{err:.2e} | {time.perf_counter() - t0:.0f} s |")
             print(lines[-1], flush=True)
+    # The step loop: the in-place no-grad route (the default on CUDA) vs the autograd loop it replaced.
+    from elmo_dist.model.bilstm import BiLstmLayer
+
+    BiLstmLayer.in_place = False
+    r = model_alone(model, sents, args.device, "float32", budgets[-1], 1)
+    BiLstmLayer.in_place = True
+    lines.append(f"| model alone, autograd step loop (previous route) | float32 | {budgets[-1]} | "
+                 f"{r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | | 17 kernels per step and layer vs 11 |")
+    print(lines[-1], flush=True)
     if not args.no_job:
+        builtin = str(default_model_path())  # the small built-in model: the job must tokenize fast to feed it
+        r = model_alone(builtin, sents, args.device, "float32", budgets[-1], 1)
+        j = job(builtin, sents, tmp, args.device, "float32", budgets[-1], tag="-builtin")
+        lines.append(f"| built-in model: alone / job (1 GPU actor) | float32 | {budgets[-1]} | "
+                     f"{r['tokens_per_s']:.0f} / {j['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | | ratio "
+                     f"{j['tokens_per_s'] / r['tokens_per_s']:.2f}; the actor's prepare processes: "
+                     f"{j['prepare_processes']}; stage seconds {j['seconds']} |")
+        print(lines[-1], flush=True)
         for dtype in args.dtypes.split(","):
             budget = budgets[-1]
             j = job(model, sents, tmp, args.device, dtype, budget)

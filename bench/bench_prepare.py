@@ -15,7 +15,9 @@ Measured, in one run so the candidates share the machine's load:
   with the share of sentences whose tokens equal plain sacremoses';
 - end to end: ``elmo_dist.stages.prepare.prepare()`` on a pyarrow table of the documents for
   ``sentence_split="pysbd"`` (the old default) and ``"sentencex"`` (the default), each with plain
-  sacremoses (as before this change) and with the project's faster sacremoses.
+  sacremoses (as before this change) and with the project's faster sacremoses;
+- a unit split over a pool of spawned processes (``prepare_split``, what a GPU actor's prepare
+  processes do), for each ``--processes`` size: tokens/s and the speed-up over one process.
 
     python bench/bench_prepare.py
     python bench/bench_prepare.py --repeats 20 --passes 3
@@ -135,6 +137,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=10, help="times the gold paragraphs enter the corpus")
     ap.add_argument("--passes", type=int, default=2, help="timed passes per measurement (best is kept)")
+    ap.add_argument("--processes", default="2", help="pool sizes for the prepare_split rows ('' to skip)")
     args = ap.parse_args(argv)
 
     docs = corpus(args.repeats)
@@ -203,6 +206,28 @@ def main(argv=None) -> None:
             label += " (**default now**)"
         print(f"| {label} | {stats['tokens'] / t:,.0f} | {stats['sentences']:,} | {stats['tokens']:,} | {load()} |",
               flush=True)
+
+    if args.processes:  # a GPU actor's prepare processes: one unit in row slices over a process pool
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from elmo_dist.stages.prepare import prepare_split
+
+        settings = TextSettings()
+        big = pa.concat_tables([table] * 4)  # a unit of a realistic size for one pool round trip
+        t1, (ref, _) = best_of(args.passes, lambda: prepare(big, settings))
+        print(f"\n| `prepare_split()` over k spawned processes, {big.num_rows} documents | tokens/s | "
+              "speed-up vs one process | same table | load |")
+        print("| --- | ---: | ---: | --- | ---: |")
+        print(f"| 1 (`prepare()` in the caller) | {ref.num_rows and sum(ref[S.N_TOKENS].to_pylist()) / t1:,.0f} | "
+              f"1.00x | - | {load()} |", flush=True)
+        for k in [int(x) for x in args.processes.split(",")]:
+            with ProcessPoolExecutor(k, mp_context=multiprocessing.get_context("spawn")) as pool:
+                prepare_split(big.slice(0, 8 * k), settings, pool, k)  # start the workers, build tokenizers
+                t, (out, _) = best_of(args.passes, lambda: prepare_split(big, settings, pool, k))
+            n_tok = sum(out[S.N_TOKENS].to_pylist())
+            print(f"| {k} | {n_tok / t:,.0f} | {t1 / t:.2f}x | {out.equals(ref)} | {load()} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,15 @@ from elmo_dist.errors import ElmoDistError
 from elmo_dist.paths import resolve_model
 from elmo_dist.storage import check_uri
 
-DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per model call: the one default for the job and the API
+DEFAULT_TOKEN_BUDGET = 4096  # padded tokens per model call on a CPU: the job's and the API's default
+CUDA_TOKEN_BUDGET = 32768  # on a CUDA device: a step's products large enough not to be launch-bound
+
+
+def token_budget_for(device: str, budget: int | None = None) -> int:
+    """``budget`` when given, else the default of the device type ("cpu", "cuda", "cuda:1", ...)."""
+    if budget is not None:
+        return budget
+    return CUDA_TOKEN_BUDGET if str(device).startswith("cuda") else DEFAULT_TOKEN_BUDGET
 
 
 class ConfigError(ElmoDistError, ValueError):
@@ -80,9 +88,10 @@ class RunSettings(BaseModel):
         None, description="Ray address ('auto' joins `ray start`); none: RAY_ADDRESS or a local runtime")
     num_actors: int | None = Field(None, ge=1, description="embedding actors (default: sized from the cluster)")
     cpus_per_actor: float | None = Field(
-        None, gt=0, description="CPUs (and torch threads) of each embedding actor; default: CPU actors take a "
-                                "node's CPUs up to 4 (so a 2-core machine runs one actor on both cores), "
-                                "GPU actors 1 CPU")
+        None, gt=0, description="CPUs of each embedding actor; default: CPU actors take a node's CPUs up to 4 "
+                                "as torch threads (so a 2-core machine runs one actor on both cores), GPU "
+                                "actors their node's CPUs per GPU up to 8 (1 while no GPU node is up), "
+                                "for the processes that tokenize for them")
     device: Literal["auto", "cpu", "gpu"] = Field(
         "auto", description="auto: GPU actors when the cluster shows GPUs when the job starts, else CPU; gpu: "
                             "always GPU actors (they wait for GPU nodes an autoscaler adds, and an actor "
@@ -95,10 +104,18 @@ class RunSettings(BaseModel):
     compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="matmul precision on the device (fp32 is exact); changes the vectors, "
                                "so it enters the fingerprint")
-    token_budget: int = Field(DEFAULT_TOKEN_BUDGET, ge=16, description="padded tokens per model call")
+    token_budget: int | None = Field(
+        None, ge=16, description=f"padded tokens per model call (default: {DEFAULT_TOKEN_BUDGET} on a CPU, "
+                                 f"{CUDA_TOKEN_BUDGET} on a GPU)")
     rows_per_unit: int = Field(
         20_000, ge=1, description="input rows per work unit (the unit of resumption and of an output shard)")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: its CPUs)")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per actor (default: a CPU actor's "
+                                                               "CPUs; 1 for a GPU actor)")
+    prepare_processes: int | None = Field(
+        None, ge=0, description="processes that split and tokenize each unit for an actor, in parallel row "
+                                "slices (default: a GPU actor's CPUs minus one when that is 2 or more, so "
+                                "tokenizing keeps up with the GPU; 0 for CPU actors, which tokenize on a "
+                                "thread beside the model)")
     lease_seconds: float = Field(
         600.0, gt=0, description="lifetime of the driver's exclusive lease on the output, renewed every "
                                  "third of it; a lease whose holder died on this host is taken over at once")

@@ -32,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.errors import ElmoDistError
 from elmo_dist.model.elmo import SIF_A, sif_table
 from elmo_dist.similarity import DEFAULT_K, METHODS, Postprocessor
@@ -213,7 +212,7 @@ def sif_weights(counts: dict[str, int], a: float = SIF_A):
 
 
 def text_vectors(elmo, texts: Sequence[Sequence[Sequence[str]]], weight=None,
-                 token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict[str, np.ndarray]:
+                 token_budget: int | None = None) -> dict[str, np.ndarray]:
     """Pooled per-layer vectors of each text, given as its tokenized sentences: {"mean": (N, L+1, D),
     "sif": (N, L+1, D)}. A text with no token gets zeros."""
     sents = [s for text in texts for s in text]
@@ -254,7 +253,7 @@ def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
 def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet] = (), *,
              frequencies: dict[str, int] | None = None, poolings: Sequence[str] = POOLINGS,
              postprocess: Sequence[str] = METHODS, folds: int = 5, seed: int = 0, tfidf: bool = True,
-             token_budget: int = DEFAULT_TOKEN_BUDGET) -> list[dict]:
+             token_budget: int | None = None) -> list[dict]:
     """Score ``elmo`` on every set; one row per (set, representation, pooling, post-processing, metric).
 
     Rows: {"set", "kind" (pairs|labelled), "representation" (mix, layerK, tfidf), "pooling",

@@ -32,7 +32,6 @@ from typing import Any, Iterator, Literal
 import numpy as np
 
 from elmo_dist import storage
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.stages.read import InputError
 
 logger = logging.getLogger(__name__)
@@ -220,7 +219,7 @@ def load_model(model: str | None = None, options_file: str | None = None, weight
 
 def embed_file(input_path: str, output_path: str, layers: Layers = "all", *, model: str | None = None,
                options_file: str | None = None, weight_file: str | None = None, elmo=None,
-               batch_size: int = 64, token_budget: int = DEFAULT_TOKEN_BUDGET, forget_sentences: bool = False,
+               batch_size: int = 64, token_budget: int | None = None, forget_sentences: bool = False,
                use_sentence_keys: bool = False, device: str = "cpu",
                compute_dtype: str = "float32") -> dict[str, Any]:
     """AllenNLP's ``elmo`` command: a text file, one sentence per line, split on whitespace (tokens are
@@ -231,7 +230,7 @@ def embed_file(input_path: str, output_path: str, layers: Layers = "all", *, mod
         model / options_file + weight_file / elmo: the model (default: the built-in one); ``elmo``
             is an already loaded ``Elmo`` (then ``device`` and ``compute_dtype`` are not used).
         batch_size: max sentences per model call (sentences are batched by sorted length).
-        token_budget: max padded tokens per model call.
+        token_budget: max padded tokens per model call (default: the device's, as ``Elmo.embed_sentences``).
         forget_sentences: no ``sentence_to_index`` dataset.
         use_sentence_keys: key each dataset by its sentence (stripped line) instead of its line
             number; a repeated sentence is refused. No ``sentence_to_index`` then.
@@ -241,7 +240,7 @@ def embed_file(input_path: str, output_path: str, layers: Layers = "all", *, mod
     _check_layers(layers)
     if batch_size < 1:
         raise InteropError(f"batch size must be >= 1, got {batch_size}")
-    if token_budget < 1:
+    if token_budget is not None and token_budget < 1:
         raise InteropError(f"token budget must be >= 1, got {token_budget}")
     out = _check_output_path(output_path)
     lines = read_sentences(input_path)  # blank lines refused before the model loads

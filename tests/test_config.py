@@ -123,6 +123,7 @@ def test_fingerprint_ignores_how_the_job_runs():
     for over in ({"run.token_budget": 999}, {"run.num_actors": 7}, {"run.rows_per_unit": 3},
                  {"run.address": "ray://head:10001"}, {"run.cpus_per_actor": 4.0},
                  {"run.num_gpus_per_actor": 1.0}, {"run.torch_threads": 2}, {"run.lease_seconds": 60.0},
+                 {"run.prepare_processes": 3},
                  {"output": "elsewhere"}, {"inputs": ["other.parquet"]}):
         over = dict(over)
         kw = {"inputs": over.pop("inputs", ["in/a.parquet"]), "output": over.pop("output", "out")}
@@ -139,7 +140,7 @@ def test_config_is_frozen():
         cfg.embedding.pooling = "max"
     with pytest.raises(pydantic.ValidationError):
         cfg.text.text_column = "other"
-    assert cfg.output == "out" and cfg.run.token_budget == DEFAULT_TOKEN_BUDGET
+    assert cfg.output == "out" and cfg.run.token_budget is None
 
 
 def test_model_resolved_once_at_build(tmp_path, monkeypatch):
@@ -173,11 +174,15 @@ def test_credentials_in_uris_refused_without_echo(field, value):
     assert field in msg
 
 
-def test_default_token_budget_is_the_one_default():
-    assert RunSettings().token_budget == DEFAULT_TOKEN_BUDGET
-    assert RunSettings.model_fields["token_budget"].default == DEFAULT_TOKEN_BUDGET
+def test_token_budget_default_is_per_device_and_declared_once():
+    """Every entry point leaves the budget to ``token_budget_for``, which knows the device."""
+    from elmo_dist.config import CUDA_TOKEN_BUDGET, token_budget_for
     from elmo_dist.model.elmo import Elmo
     from elmo_dist.stages.embed import Embedder
 
+    assert RunSettings().token_budget is None  # resolved where the device is known (the actor, the API)
     for fn in (Embedder.__init__, Elmo.embed_sentences, Elmo.embed_in_batches):
-        assert inspect.signature(fn).parameters["token_budget"].default == DEFAULT_TOKEN_BUDGET, fn
+        assert inspect.signature(fn).parameters["token_budget"].default is None, fn
+    assert token_budget_for("cpu") == DEFAULT_TOKEN_BUDGET
+    assert token_budget_for("cuda") == token_budget_for("cuda:1") == CUDA_TOKEN_BUDGET > DEFAULT_TOKEN_BUDGET
+    assert token_budget_for("cuda", 1000) == token_budget_for("cpu", 1000) == 1000

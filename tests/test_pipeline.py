@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -188,13 +189,18 @@ def test_actor_crash_is_retried(corpus, tmp_path, tiny_dir, ray_runtime):
 
 
 def test_logical_gpu_is_requested_and_cpu_fallback(corpus, tmp_path, tiny_dir):
-    """A runtime that declares a logical GPU: the pool asks for it; without CUDA the model runs on the CPU."""
+    """A runtime that declares a logical GPU: the pool asks for it with the node's CPUs per GPU, and
+    all but one of them tokenize in processes (row slices, same sentences); without CUDA the model
+    runs on the CPU."""
+    from elmo_dist.config import TextSettings
+    from elmo_dist.stages.prepare import prepare
+
     d, _ = corpus
     out = tmp_path / "out"
     code = f"""
 import json, logging, ray, warnings
 logging.basicConfig(level=logging.INFO)
-ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
+ray.init(num_cpus=4, num_gpus=1, include_dashboard=False)
 from elmo_dist.config import JobConfig
 from elmo_dist.pipeline import run
 cfg = JobConfig.build(inputs=[{str(d / 'a.parquet')!r}], output={str(out)!r}, **{{"text.id_column": "id"}})
@@ -204,9 +210,20 @@ print("SUMMARY", json.dumps(run(cfg, {tiny_dir!r})))
     assert res.returncode == 0, res.stdout + res.stderr
     summary = json.loads(res.stdout.split("SUMMARY", 1)[1])
     assert summary["actors"]["num_gpus"] == 1.0
+    assert summary["actors"]["num_cpus"] == 4 and summary["actors"]["prepare_processes"] == 3
+    assert summary["actors"]["threads"] == 1
     rec = JobState(str(out)).records()[0]["stats"]
+    assert rec["prepare_parts"] == 3  # the unit was prepared in 3 row slices by Ray tasks on the node
+    assert "Traceback" not in res.stderr
     assert rec["device"] == "cpu" and rec["gpu_ids"] == [0]
     assert "CUDA is not available" in res.stdout + res.stderr
+    raw = pq.read_table(d / "a.parquet")  # 20 rows: 3 slices of 6-7 rows
+    raw = raw.append_column(S.SOURCE, pa.array(["a"] * raw.num_rows)).append_column(
+        S.ROW, pa.array(range(raw.num_rows), pa.int64()))
+    expected, _ = prepare(raw, TextSettings(id_column="id"))
+    t = read_embeddings(str(out)).to_table()
+    assert sorted(zip(t[S.ID].to_pylist(), t[S.SENTENCE_INDEX].to_pylist())) == sorted(
+        zip(expected[S.ID].to_pylist(), expected[S.SENTENCE_INDEX].to_pylist()))
 
 
 def test_s3_input_and_output(tmp_path, sample_rows, tiny_dir, ray_runtime, s3_endpoint):

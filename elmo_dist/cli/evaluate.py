@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
+from elmo_dist.config import CUDA_TOKEN_BUDGET, DEFAULT_TOKEN_BUDGET
 from elmo_dist.errors import EXIT_OK
 
 POOLINGS = ("mean", "sif")
@@ -39,8 +39,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for labelled sets (default 5)")
     p.add_argument("--no-tfidf", action="store_true", help="leave out the TF-IDF reference rows")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON ('-' = stdout, then no table)")
-    p.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET,
-                   help=f"max padded tokens per model call (default {DEFAULT_TOKEN_BUDGET})")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help=f"max padded tokens per model call (default {DEFAULT_TOKEN_BUDGET} on a CPU, "
+                        f"{CUDA_TOKEN_BUDGET} on a GPU)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

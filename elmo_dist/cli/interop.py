@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
+from elmo_dist.config import CUDA_TOKEN_BUDGET, DEFAULT_TOKEN_BUDGET
 from elmo_dist.errors import EXIT_OK
 
 
@@ -27,8 +27,9 @@ def add_elmo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--options-file", help="options.json of the official format (with --weight-file)")
     p.add_argument("--weight-file", help="weights.hdf5 of the official format (with --options-file)")
     p.add_argument("--batch-size", type=int, default=64, help="max sentences per model call (default 64)")
-    p.add_argument("--token-budget", type=int, default=DEFAULT_TOKEN_BUDGET,
-                   help=f"max padded tokens per model call (default {DEFAULT_TOKEN_BUDGET})")
+    p.add_argument("--token-budget", type=int, default=None,
+                   help=f"max padded tokens per model call (default {DEFAULT_TOKEN_BUDGET} on a CPU, "
+                        f"{CUDA_TOKEN_BUDGET} on a GPU)")
     p.add_argument("--forget-sentences", action="store_true", help="do not write the sentence_to_index dataset")
     p.add_argument("--use-sentence-keys", action="store_true",
                    help="key datasets by the sentence instead of its 0-based line number (sentences must be unique)")

@@ -67,7 +67,7 @@ def _field_flag(group, section: str, name: str, model: type[BaseModel]) -> None:
 _TEXT = ["id_column", "sentence_split", "max_sentence_tokens", "max_document_chars"]
 _EMBEDDING = ["token_embeddings", "token_output", "sentence_output", "pooling", "dtype", "mix_weights", "gamma"]
 _RUN = ["address", "device", "num_actors", "max_actors", "cpus_per_actor", "num_gpus_per_actor", "compute_dtype",
-        "token_budget", "rows_per_unit", "torch_threads", "lease_seconds"]
+        "token_budget", "rows_per_unit", "torch_threads", "prepare_processes", "lease_seconds"]
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:

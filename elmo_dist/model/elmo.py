@@ -23,7 +23,7 @@ from elmo_dist.model.files import load_frequencies, load_official_files, load_of
 from elmo_dist.model.fingerprint import fingerprint_arrays
 from elmo_dist.model.options import ElmoOptions, OptionsError
 from elmo_dist.model.weights import read_weights, write_weights
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET, TextSettings
+from elmo_dist.config import TextSettings, token_budget_for
 from elmo_dist.paths import default_model_path
 from elmo_dist.storage import atomic_local_path
 from elmo_dist.text.chars import BOS_IDS, EOS_IDS, tokens_to_char_ids
@@ -330,7 +330,7 @@ class Elmo(nn.Module):
         raise ValueError(f"output must be 'mix', 'all' or a layer 0..{layers.shape[0] - 1}, got {output!r}")
 
     def embed_sentences(self, sentences: Iterable[Sequence[str]] | Iterable[str], *,
-                        token_budget: int = DEFAULT_TOKEN_BUDGET,
+                        token_budget: int | None = None,
                         output: Output = "mix", pooling: Pooling = None, window: int = 20000,
                         max_sentences: int | None = None,
                         split_sentences: bool = False) -> Iterator[np.ndarray]:
@@ -340,7 +340,8 @@ class Elmo(nn.Module):
             sentences: token lists, used as they are, or raw strings, each Moses-tokenized as one
                 sentence (any iterable; consumed ``window`` sentences at a time). A bare str, or
                 strings mixed with token lists, raise TypeError.
-            token_budget: max padded tokens (B x T) per model call.
+            token_budget: max padded tokens (B x T) per model call (default: 4096 on a CPU,
+                32768 on a CUDA device).
             output: "mix", "all" or a layer index.
             pooling: None (one vector per token), "mean" or "max" over tokens.
             max_sentences: optional cap on sentences per model call.
@@ -368,7 +369,7 @@ class Elmo(nn.Module):
         if buf:
             yield from self._embed_window(buf, token_budget, output, pooling, max_sentences)
 
-    def embed_in_batches(self, tokens: Sequence[Sequence[str]], token_budget: int = DEFAULT_TOKEN_BUDGET,
+    def embed_in_batches(self, tokens: Sequence[Sequence[str]], token_budget: int | None = None,
                          max_sentences: int | None = None
                          ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """The one batching loop (the API and the corpus job both use it): sentences grouped by
@@ -380,7 +381,7 @@ class Elmo(nn.Module):
             sentence's vectors do not depend on the batch it lands in.
         """
         lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-        for idx in plan_batches(lengths, token_budget, max_sentences):
+        for idx in plan_batches(lengths, token_budget_for(self.device.type, token_budget), max_sentences):
             layers, mask = self.forward_batch(Batch.from_sentences([tokens[i] for i in idx]))
             yield idx, layers, mask
 

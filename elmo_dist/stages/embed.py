@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from elmo_dist import schema as S
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET, EmbeddingSettings
+from elmo_dist.config import EmbeddingSettings, token_budget_for
 from elmo_dist.errors import ElmoDistError
 from elmo_dist.model.elmo import Elmo, pool
 
@@ -57,13 +57,13 @@ def fixed_list(values: np.ndarray, *dims: int) -> pa.Array:
 class Embedder:
     """Loads the model once; ``__call__`` embeds a prepared table (see stages.prepare)."""
 
-    def __init__(self, model: str, embedding: EmbeddingSettings, *, token_budget: int = DEFAULT_TOKEN_BUDGET,
+    def __init__(self, model: str, embedding: EmbeddingSettings, *, token_budget: int | None = None,
                  compute_dtype: str = "float32", device: str | None = None, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = device or pick_device()
         self.settings = embedding
-        self.token_budget = token_budget
+        self.token_budget = token_budget_for(self.device, token_budget)
         self.elmo = Elmo.from_pretrained(model, mix_weights=embedding.mix_weights, gamma=embedding.gamma,
                                          compute_dtype=compute_dtype).to(self.device)
         self.dim = self.elmo.output_dim

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from concurrent.futures import Executor
 from typing import Any
 
 import pyarrow as pa
@@ -153,3 +154,31 @@ def prepare(table: pa.Table, text: TextSettings) -> tuple[pa.Table, dict[str, in
         S.N_TOKENS: pa.array(cols[S.N_TOKENS], pa.int32()),
     })
     return out, dict(stats)
+
+
+MIN_ROWS_PER_PART = 4  # a unit is sliced for parallel preparing only into parts of at least this many rows
+
+
+def prepare_split(table: pa.Table, text: TextSettings, pool: Executor | Any = None,
+                  parts: int = 1) -> tuple[pa.Table, dict[str, int]]:
+    """``prepare`` over up to ``parts`` contiguous row slices in ``pool`` (processes: splitting and
+    tokenizing is pure Python), concatenated in row order: the same table and counts as
+    ``prepare(table, text)`` (duplicate ids are counted over the whole table), plus ``prepare_parts``,
+    the slices used. Without a pool, or for a small table, it is ``prepare`` itself (one part).
+    ``pool``: anything with ``submit(fn, *args) -> concurrent.futures.Future``.
+    """
+    n = table.num_rows
+    parts = min(parts, n // MIN_ROWS_PER_PART)
+    if pool is None or parts < 2:
+        out, stats = prepare(table, text)
+        return out, dict(stats, prepare_parts=1)
+    bounds = [round(k * n / parts) for k in range(parts + 1)]
+    futures = [pool.submit(prepare, table.slice(a, b - a), text) for a, b in zip(bounds, bounds[1:])]
+    results = [f.result() for f in futures]
+    stats: collections.Counter = collections.Counter()
+    for _, s in results:
+        stats.update(s)
+    if text.id_column:  # a repeat may span two slices
+        ids = _ids(table, text)
+        stats["duplicate_ids_in_unit"] = len(ids) - len(set(ids))
+    return pa.concat_tables([t for t, _ in results]), dict(stats, prepare_parts=parts)

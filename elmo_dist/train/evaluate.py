@@ -43,7 +43,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from elmo_dist.config import DEFAULT_TOKEN_BUDGET
 from elmo_dist.storage import atomic_local_path
 
 logger = logging.getLogger(__name__)
@@ -189,7 +188,7 @@ def representations(elmo, layers: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def doc_layers(elmo, docs: Sequence[Sequence[Sequence[str]]], token_budget: int = DEFAULT_TOKEN_BUDGET) -> np.ndarray:
+def doc_layers(elmo, docs: Sequence[Sequence[Sequence[str]]], token_budget: int | None = None) -> np.ndarray:
     """Per-layer mean over all tokens of each document (a list of tokenized sentences): (N, L+1, D).
 
     A document with no token gets zeros.
@@ -286,7 +285,7 @@ def split_sentiment(rows: list[tuple[str, int]], cap: int, seed: int = SEED, tes
     return np.setdiff1d(keep, te), te
 
 
-def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budget: int = DEFAULT_TOKEN_BUDGET,
+def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budget: int | None = None,
                   seed: int = SEED) -> dict:
     from elmo_dist.text.tokenize import Tokenizer
 
@@ -317,7 +316,7 @@ def run_sentiment(elmo, rows: list[tuple[str, int]], cap: int = 6000, token_budg
 
 
 # ---- task 3: document similarity -------------------------------------------------------------
-def run_similarity(elmo, docs: list[str], human: np.ndarray, token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict:
+def run_similarity(elmo, docs: list[str], human: np.ndarray, token_budget: int | None = None) -> dict:
     from elmo_dist.text.tokenize import Tokenizer
 
     tok = Tokenizer(sentence_split="pysbd")
@@ -384,7 +383,7 @@ def _version(dist: str) -> str | None:
 def evaluate(model_dir: str, tasks: Sequence[str] = TASKS, *,
              sentiment: tuple[list[tuple[str, int]], dict] | None = None,
              similarity: tuple[list[str], np.ndarray, dict] | None = None,
-             rt_cap: int = 6000, token_budget: int = DEFAULT_TOKEN_BUDGET) -> dict:
+             rt_cap: int = 6000, token_budget: int | None = None) -> dict:
     """Score the model in ``model_dir`` on ``tasks`` and return the full report (with ``table``).
 
     ``sentiment`` is ``(rows, provenance)`` with rows as :func:`parse_rt_csv` returns them,

@@ -68,3 +68,25 @@ def test_sentence_split_options_through_prepare():
         assert out.column(S.TEXT).to_pylist()[0].startswith("Mr. Patel") and stats["sentences"] == 3
     out, _ = prepare(_table([doc]), TextSettings(sentence_split="newline"))
     assert out.column(S.N_TOKENS).to_pylist() == [21, 3]
+
+
+def test_split_over_processes_equals_one_pass():
+    """prepare_split: row slices prepared in worker processes give the same table and counts as one
+    prepare(), duplicate ids counted across slices too."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from elmo_dist.stages.prepare import prepare_split
+
+    texts = [f"Row {i} says hello. It has {i % 3 + 1} sentences here! Dr. Smith agrees." for i in range(40)]
+    texts[7], texts[20] = None, ""
+    ids = [f"id{i}" for i in range(40)]
+    ids[33] = ids[2]  # a repeat that lands in another slice
+    table, text = _table(texts, ids=ids), TextSettings(id_column="id")
+    one, one_stats = prepare(table, text)
+    with ProcessPoolExecutor(3, mp_context=multiprocessing.get_context("spawn")) as pool:
+        split, split_stats = prepare_split(table, text, pool, 3)
+        small, _ = prepare_split(table.slice(0, 7), text, pool, 3)  # too small to split: one pass
+    assert split.equals(one)
+    assert split_stats == dict(one_stats, prepare_parts=3) and one_stats["duplicate_ids_in_unit"] == 1
+    assert small.equals(prepare(table.slice(0, 7), text)[0])
