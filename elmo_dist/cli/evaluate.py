@@ -53,7 +53,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = [read_pairs(f) for f in args.pairs]  # every file checked before the model loads
     labelled = [read_labelled(f, folds=args.folds) for f in args.labelled]
     from elmo_dist.model.elmo import Elmo
+    from elmo_dist.model.threads import keep_freed_memory
 
+    keep_freed_memory()  # this process only computes: reuse freed pages (docs/performance.md)
     model = resolve_model(args.model)
     elmo = Elmo.from_pretrained(model)
     rows = evaluate(elmo, pairs, labelled, poolings=args.pooling,

@@ -40,6 +40,9 @@ def add_elmo_arguments(p: argparse.ArgumentParser) -> None:
 
 def cmd_elmo(args: argparse.Namespace) -> int:
     from elmo_dist.interop import embed_file
+    from elmo_dist.model.threads import keep_freed_memory
+
+    keep_freed_memory()  # this process only computes: reuse freed pages (docs/performance.md)
 
     embed_file(args.input_file, args.output_file, args.layers, model=args.model, options_file=args.options_file,
                weight_file=args.weight_file, batch_size=args.batch_size, token_budget=args.token_budget,

@@ -65,9 +65,10 @@ def keep_freed_memory() -> bool:
     By default a block over the mmap threshold is a fresh mapping returned to the system on free, so
     every large tensor a step allocates (a training step: tens of MB of gate activations per layer)
     page-faults on first write: 20-30% of the LSTM layer's time in the training profile on this
-    machine. With the thresholds raised, the memory of one step is reused by the next. Memory is not
-    given back to the system until exit, so only long-running compute processes (the trainer) call
-    this. Returns whether the setting took (False off glibc: nothing changes).
+    machine, ~10% of the built-in model's inference. With the thresholds raised, the memory of one
+    step is reused by the next. Memory is not given back to the system until exit, so only processes
+    that just compute call this (the trainer, the job's actors, the `elmo` and `evaluate` commands),
+    not the library on import. Returns whether the setting took (False off glibc: nothing changes).
     """
     global _kept
     if _kept:

@@ -19,6 +19,7 @@ from elmo_dist import schema as S
 from elmo_dist.config import EmbeddingSettings, token_budget_for
 from elmo_dist.errors import ElmoDistError
 from elmo_dist.model.elmo import Elmo, pool
+from elmo_dist.model.threads import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class Embedder:
                  compute_dtype: str = "float32", device: str | None = None, threads: int | None = None):
         if threads:
             torch.set_num_threads(threads)
+        keep_freed_memory()  # an actor is a long-lived compute process: its batches reuse freed pages
         self.device = device or pick_device()
         self.settings = embedding
         self.token_budget = token_budget_for(self.device, token_budget)
