@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--code-dir", default=REPO, help=argparse.SUPPRESS)
     ap.add_argument("--baseline-rev", default="1a336a6", help="git revision of the previous trainer")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of every row (median reported)")
     ap.add_argument("--rows", default="", help="comma-separated row numbers to run (0 = previous; default all)")
     args = ap.parse_args(argv)
     corpus = args.corpus or (CORPUS if os.path.exists(os.path.join(CORPUS, "valid.txt"))
@@ -144,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", baseline], input=archive, check=True)
     keep = [int(k) for k in args.rows.split(",")] if args.rows else range(len(specs))
-    rows = []
-    for k in keep:  # each row in a fresh process: no thread pool or allocator state carried over
+    runs: dict[int, list[dict]] = {k: [] for k in keep}
+    order = [k for rep in range(args.repeat) for k in (keep if rep % 2 == 0 else list(keep)[::-1])]
+    for k in order:  # each row in a fresh process: no thread pool or allocator state carried over
         code_dir = baseline if specs[k][1]["code"] == "previous" else REPO
         cmd = [sys.executable, os.path.abspath(__file__), "--code-dir", code_dir, "--one", str(k), "--corpus", corpus,
                "--steps",
@@ -155,15 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         line = [x for x in res.stdout.splitlines() if x.startswith("ROW ")]
         if res.returncode or not line:
             sys.exit(f"row {k} failed:\n{res.stderr[-3000:]}")
-        rows.append(json.loads(line[-1][4:]))
+        runs[k].append(json.loads(line[-1][4:]))
+    rows = []
+    for k in keep:  # the median of the repeats (rows alternate order: a load drift hits all alike)
+        row = dict(runs[k][0], spread=[r["tok/s"] for r in runs[k]])
+        row["tok/s"] = statistics.median(row["spread"])
+        rows.append(row)
     base = rows[0]["tok/s"]
     print(f"\ncorpus {corpus}; arch {args.arch}; {args.steps} timed steps per row; "
-          f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; {os.cpu_count()} CPUs\n")
+          f"load average {load0:.2f} at start, {os.getloadavg()[0]:.2f} at end; {os.cpu_count()} CPUs; "
+          f"tokens/s: median of {args.repeat} run(s) per row, rows in alternating order\n")
     print(f"| trainer | threads | precision | tokens/batch | tokens/s | speed-up vs row 1 | train loss (last 10 steps) "
           "| held-out ppl after the steps |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['row']} | {r['threads']} | {r['precision']} | {r['budget']} | {r['tok/s']:,.0f} | "
+        spread = "" if len(r["spread"]) < 2 else f" ({min(r['spread']):,.0f}-{max(r['spread']):,.0f})"
+        print(f"| {r['row']} | {r['threads']} | {r['precision']} | {r['budget']} | {r['tok/s']:,.0f}{spread} | "
               f"{r['tok/s'] / base:.2f}x | {r['loss']:.3f} | {r['ppl']:.1f} |")
     return 0
 
