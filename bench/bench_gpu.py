@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     r = model_alone(model, sents, args.device, "float32", budgets[-1], 1)
     BiLstmLayer.in_place = True
     lines.append(f"| model alone, autograd step loop (previous route) | float32 | {budgets[-1]} | "
-                 f"{r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | | 17 kernels per step and layer vs 11 |")
+                 f"{r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | | 15 kernels per step and layer vs 11 |")
     print(lines[-1], flush=True)
     if not args.no_job:
         builtin = str(default_model_path())  # the small built-in model: the job must tokenize fast to feed it

@@ -294,8 +294,8 @@ class BiLstmLayer(nn.Module):
     def _forward_in_place(self, x: torch.Tensor, batch_sizes: list[int], cd: torch.dtype) -> torch.Tensor:
         """No-grad route on any device (CUDA inference): ``forward``'s math with both directions in each
         kernel, activations and the cell update in place, the projection written straight into the
-        output: 11 kernels per step in fp32 (15 with reduced-precision products) where the autograd
-        loop launches 17 (20), and nothing is allocated inside the loop. Rounded as the loop rounds, except
+        output: 11 kernels per step in fp32 (16 with reduced-precision products) where the autograd
+        loop launches 15 (19), and nothing is allocated inside the loop. Rounded as the loop rounds, except
         that the recurrent product is accumulated onto the gates by the GEMM itself (fp32).
 
         Args / Returns: as ``forward``.

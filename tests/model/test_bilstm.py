@@ -66,3 +66,33 @@ def test_in_place_no_grad_loop_matches_autograd_loop_float64():
     assert (ref.abs() == 0.3).any()  # the projection clip was hit
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     assert out[:, 5:, 1:].abs().max() == 0  # padding stays exactly 0
+
+
+def _kernels_per_step(layer, compute_dtype):
+    """Ops dispatched per time step (views and allocations left out), from two sequence lengths."""
+    from torch.profiler import profile
+
+    not_kernels = {"aten::select", "aten::slice", "aten::split", "aten::view", "aten::as_strided",
+                   "aten::transpose", "aten::t", "aten::reshape", "aten::unbind", "aten::expand", "aten::empty",
+                   "aten::empty_strided", "aten::to", "aten::unsqueeze", "aten::alias", "aten::resolve_conj",
+                   "aten::resolve_neg", "aten::_reshape_alias", "aten::contiguous", "aten::detach"}
+
+    def count(t):
+        x = torch.randn(2, t, 4, 6)
+        with torch.no_grad(), profile() as prof:
+            layer(x, [4] * t, compute_dtype)
+        return sum(1 for e in prof.events() if e.name.startswith("aten::") and (
+            (e.name not in not_kernels and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
+            or (e.name == "aten::_to_copy" and e.cpu_parent is not None and e.cpu_parent.name == "aten::to")))
+    return (count(24) - count(8)) / 16
+
+
+def test_in_place_loop_launches_fewer_kernels_per_step():
+    """What CUDA inference pays per step: 11 kernels in fp32 where the autograd loop needs 15."""
+    layer = BiLstmLayer(6, 5, 3.0, 3.0).requires_grad_(False)
+    layer.in_place = True
+    fp32, low = _kernels_per_step(layer, None), _kernels_per_step(layer, torch.bfloat16)
+    layer.in_place = False
+    old_fp32, old_low = _kernels_per_step(layer, None), _kernels_per_step(layer, torch.bfloat16)
+    assert fp32 <= 11 and old_fp32 >= 15, (fp32, old_fp32)
+    assert low < old_low, (low, old_low)
