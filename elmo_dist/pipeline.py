@@ -233,7 +233,8 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
 
     res = ray.cluster_resources()
     cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-    node_cpus = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [cpus])
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]  # each alive node's resources
+    node_cpus = max([float(r.get("CPU", 0)) for r in nodes] or [cpus])
     device = cfg.run.device
     if device == "cpu":
         g = 0.0
@@ -244,8 +245,7 @@ def actor_plan(cfg: JobConfig, n_units: int) -> dict[str, Any]:
     else:
         g = cfg.run.num_gpus_per_actor if cfg.run.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
     if g > 0:
-        gpu_nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("GPU")]
-        per_gpu = min([r.get("CPU", 0) / r["GPU"] for r in gpu_nodes] or [1.0])  # CPUs beside each GPU
+        per_gpu = min([r.get("CPU", 0) / r["GPU"] for r in nodes if r.get("GPU")] or [1.0])  # CPUs beside each GPU
         c = cfg.run.cpus_per_actor or float(max(1, min(int(per_gpu * g), GPU_ACTOR_CPUS)))
         c = min(c, max(node_cpus, 1.0))
         n = cfg.run.num_actors or max(1, int(gpus // g))

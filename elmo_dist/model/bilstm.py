@@ -105,7 +105,7 @@ class _LayerFunction(torch.autograd.Function):
 
     Autograd over the per-step loop records ~15 small ops per step and replays them one by one;
     this function runs the input-to-gate product as one GEMM per direction, saves only each step's
-    gate activations, cell and ``o * tanh(cell)``, runs the backward as one loop of in-place ops and
+    gate activations, cell, ``tanh(cell)`` and ``o * tanh(cell)``, runs the backward as one loop of in-place ops and
     every weight gradient as one GEMM over all steps. The two directions are independent, so each
     runs on its own thread (``run_parallel``), as on the inference path. Matrix products run in
     ``cd`` (their operands are kept in ``cd``: no cast per use); state, activations and the gate

@@ -159,13 +159,13 @@ def prepare(table: pa.Table, text: TextSettings) -> tuple[pa.Table, dict[str, in
 MIN_ROWS_PER_PART = 4  # a unit is sliced for parallel preparing only into parts of at least this many rows
 
 
-def prepare_split(table: pa.Table, text: TextSettings, pool: Executor | Any = None,
+def prepare_split(table: pa.Table, text: TextSettings, pool: Executor | None = None,
                   parts: int = 1) -> tuple[pa.Table, dict[str, int]]:
     """``prepare`` over up to ``parts`` contiguous row slices in ``pool`` (processes: splitting and
     tokenizing is pure Python), concatenated in row order: the same table and counts as
     ``prepare(table, text)`` (duplicate ids are counted over the whole table), plus ``prepare_parts``,
     the slices used. Without a pool, or for a small table, it is ``prepare`` itself (one part).
-    ``pool``: anything with ``submit(fn, *args) -> concurrent.futures.Future``.
+    ``pool``: an Executor, or anything with its ``submit(fn, *args) -> Future`` (the job's Ray tasks).
     """
     n = table.num_rows
     parts = min(parts, n // MIN_ROWS_PER_PART)
