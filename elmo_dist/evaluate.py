@@ -184,7 +184,8 @@ def _sklearn():
 
 
 def cross_validate(x, y: np.ndarray, folds: int = 5, seed: int = 0, scale: bool = True) -> dict:
-    """Stratified k-fold logistic regression (C = 1): accuracy and macro-F1 of the out-of-fold predictions."""
+    """Stratified k-fold logistic regression (C = 1): accuracy and macro-F1 of the out-of-fold predictions
+    (returned too, under "pred")."""
     _sklearn()
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score
@@ -194,7 +195,8 @@ def cross_validate(x, y: np.ndarray, folds: int = 5, seed: int = 0, scale: bool 
 
     steps = ([StandardScaler()] if scale else []) + [LogisticRegression(max_iter=2000)]
     pred = cross_val_predict(make_pipeline(*steps), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro"))}
+    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro")),
+            "pred": np.asarray(pred)}
 
 
 def _tfidf(texts: list[str]):
@@ -242,6 +244,13 @@ def _representations(elmo, pooled: np.ndarray) -> dict[str, np.ndarray]:
     return {"mix": mix, **{f"layer{k}": pooled[:, k] for k in range(pooled.shape[1])}}
 
 
+def degenerate(method: str, n: int, dim: int) -> bool:
+    """True where ``method`` fitted on ``n`` vectors of ``dim`` dims measures nothing: whitening onto
+    k >= n - 1 components makes every pair of the n vectors equally similar (they become the corners
+    of a regular simplex), so a rank correlation over them is rounding noise."""
+    return method == "whiten" and n - 1 <= min(DEFAULT_K["whiten"], dim)
+
+
 def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
     if method == "none":
         return x
@@ -250,15 +259,22 @@ def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
 
 
 # ---- the evaluation ------------------------------------------------------------------------
+def row_key(r: dict) -> tuple:
+    """(set, metric, representation, pooling, postprocess): what a row measures, whichever model."""
+    return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
+
+
 def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet] = (), *,
              frequencies: dict[str, int] | None = None, poolings: Sequence[str] = POOLINGS,
              postprocess: Sequence[str] = METHODS, folds: int = 5, seed: int = 0, tfidf: bool = True,
-             token_budget: int | None = None) -> list[dict]:
+             token_budget: int | None = None, details: dict | None = None) -> list[dict]:
     """Score ``elmo`` on every set; one row per (set, representation, pooling, post-processing, metric).
 
     Rows: {"set", "kind" (pairs|labelled), "representation" (mix, layerK, tfidf), "pooling",
     "postprocess", "metric" (spearman|accuracy|macro_f1), "value", "n"}. Spearman is a correlation
-    in [-1, 1] (the table prints x100).
+    in [-1, 1] (the table prints x100). A ``whiten`` row is left out where the set has too few texts
+    to fit it (``degenerate``). ``details``, when given, receives each row's per-item scores under
+    ``row_key(row)`` (pairs: the cosines, labelled: the out-of-fold predictions), for ``compare``.
     """
     for p in poolings:
         if p not in POOLINGS:
@@ -298,10 +314,23 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
     reps = {p: _representations(elmo, pooled[p]) for p in poolings}
     out: list[dict] = []
 
-    def emit(s, kind, rep, pooling, pp, metric, value):
+    def emit(s, kind, rep, pooling, pp, metric, value, items=None):
         out.append({"set": s.name, "kind": kind, "representation": rep, "pooling": pooling, "postprocess": pp,
                     "metric": metric, "value": round(float(value), 4), "n": len(s.a) if kind == "pairs" else
                     len(s.texts), **({"sif_frequencies": source} if pooling == "sif" else {})})
+        if details is not None and items is not None:
+            details[row_key(out[-1])] = items
+
+    skipped = set()
+
+    def usable(s, pp, n, dim) -> bool:
+        if degenerate(pp, n, dim):
+            if (s.name, pp) not in skipped:
+                skipped.add((s.name, pp))
+                logger.warning("%s: no %s rows: %d texts cannot fit it (k = %d components needs more than %d)",
+                               s.name, pp, n, min(DEFAULT_K[pp], dim), min(DEFAULT_K[pp], dim) + 1)
+            return False
+        return True
 
     for s in pairs:
         ia = np.array([row_of[t] for t in s.a])
@@ -310,42 +339,139 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
         for pooling in poolings:
             for rep, x in reps[pooling].items():
                 for pp in postprocess:
+                    if not usable(s, pp, len(used), x.shape[1]):
+                        continue
                     z = _postprocessed(x[used], pp)
                     y = np.zeros((x.shape[0], z.shape[1]), np.float32)
                     y[used] = z
-                    emit(s, "pairs", rep, pooling, pp, "spearman", spearman(paired_cosine(y[ia], y[ib]), s.gold))
+                    cos = paired_cosine(y[ia], y[ib])
+                    emit(s, "pairs", rep, pooling, pp, "spearman", spearman(cos, s.gold), cos)
         if tfidf:
             vec = _tfidf([joined[t] for t in s.a + s.b])
             ca = vec.transform([joined[t] for t in s.a])
             cb = vec.transform([joined[t] for t in s.b])
             cos = np.asarray(ca.multiply(cb).sum(axis=1)).ravel()  # rows are L2-normalised
-            emit(s, "pairs", "tfidf", "-", "-", "spearman", spearman(cos, s.gold))
+            emit(s, "pairs", "tfidf", "-", "-", "spearman", spearman(cos, s.gold), cos)
     for s in labelled:
         idx = np.array([row_of[t] for t in s.texts])
         for pooling in poolings:
             for rep, x in reps[pooling].items():
                 for pp in postprocess:
+                    if not usable(s, pp, len(idx), x.shape[1]):
+                        continue
                     scores = cross_validate(_postprocessed(x[idx], pp), s.labels, folds, seed)
                     for metric in ("accuracy", "macro_f1"):
-                        emit(s, "labelled", rep, pooling, pp, metric, scores[metric])
+                        emit(s, "labelled", rep, pooling, pp, metric, scores[metric], scores["pred"])
         if tfidf:
             x = _tfidf([joined[t] for t in s.texts]).transform([joined[t] for t in s.texts])
             scores = cross_validate(x, s.labels, folds, seed, scale=False)
             for metric in ("accuracy", "macro_f1"):
-                emit(s, "labelled", "tfidf", "-", "-", metric, scores[metric])
+                emit(s, "labelled", "tfidf", "-", "-", metric, scores[metric], scores["pred"])
     logger.info("evaluated %d set(s), %d rows in %.1f s", len(pairs) + len(labelled), len(out), time.time() - t0)
     return out
 
 
+# ---- comparing two models ------------------------------------------------------------------
+def rank_rows(a: np.ndarray) -> np.ndarray:
+    """(B, N) -> (B, N): ``rankdata`` of every row (ties given their average rank), vectorised."""
+    a = np.asarray(a)
+    b, n = a.shape
+    order = np.argsort(a, axis=1, kind="stable")
+    s = np.take_along_axis(a, order, axis=1)
+    new = np.ones((b, n), bool)
+    new[:, 1:] = s[:, 1:] != s[:, :-1]
+    group = np.cumsum(new.ravel()) - 1  # groups of equal values, contiguous in row-major order
+    counts = np.bincount(group)
+    start = (np.cumsum(counts) - counts) % n  # a group never spans two rows: row starts are new groups
+    ranks = np.empty((b, n))
+    np.put_along_axis(ranks, order, (start + (counts - 1) / 2.0)[group].reshape(b, n), axis=1)
+    return ranks
+
+
+def _row_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x, y = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    den = np.sqrt((x * x).sum(1) * (y * y).sum(1))
+    return np.where(den > 0, (x * y).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def _resampled(metric: str, items: np.ndarray, idx: np.ndarray, truth: np.ndarray, truth_ranks) -> np.ndarray:
+    """The metric on each resample ``idx`` (B, N) of a row's per-item scores -> (B,)."""
+    if metric == "spearman":
+        return _row_pearson(rank_rows(items[idx]), truth_ranks)
+    correct = items[idx] == truth[idx]
+    if metric == "accuracy":
+        return correct.mean(axis=1)
+    f1s, present = [], []
+    for c in np.unique(np.concatenate([truth, items])):  # macro-F1 over the classes in each resample
+        t, p = truth[idx] == c, items[idx] == c
+        tp, fp, fn = (t & p).sum(1), (~t & p).sum(1), (t & ~p).sum(1)
+        den = 2 * tp + fp + fn
+        f1s.append(np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0))
+        present.append(den > 0)
+    return (np.array(f1s) * np.array(present)).sum(0) / np.maximum(np.array(present).sum(0), 1)
+
+
+def compare(rows: list[dict], other: list[dict], details: dict, other_details: dict,
+            pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet] = (), *,
+            resamples: int = 1000, level: float = 0.95, seed: int = 0) -> list[dict]:
+    """Paired bootstrap of every row two models share (same sets; ``details`` from ``evaluate``).
+
+    Each set's items (pairs, or labelled texts with their out-of-fold predictions) are resampled with
+    replacement ``resamples`` times; both models are scored on the same resamples, and the
+    ``level`` percentile interval of the difference decides the verdict: "better" (above 0),
+    "worse" (below 0) or "tie". Post-processing and classifiers stay as fitted on the whole set, so
+    only the choice of items varies. Pairs that share a text are not independent (Lee's 1,225 pairs
+    come from 50 documents): resampling pairs then gives intervals somewhat too narrow, which makes
+    "better" and "worse" easier to reach, never harder.
+
+    Returns one dict per shared row: its key fields, "value", "other", "diff", "low", "high", "verdict".
+    """
+    truth = {s.name: s.gold for s in pairs} | {s.name: s.labels for s in labelled}
+    rng = np.random.default_rng(seed)
+    draws = {name: rng.integers(0, len(t), (resamples, len(t))) for name, t in truth.items()}
+    gold_ranks = {s.name: rank_rows(s.gold[draws[s.name]]) for s in pairs}
+    theirs = {row_key(r): r for r in other}
+    out = []
+    for r in rows:
+        k = row_key(r)
+        if k not in theirs or k not in details or k not in other_details or r["set"] not in truth:
+            continue
+        name, metric = r["set"], r["metric"]
+        idx, t = draws[name], truth[name]
+        diff = (_resampled(metric, details[k], idx, t, gold_ranks.get(name))
+                - _resampled(metric, other_details[k], idx, t, gold_ranks.get(name)))
+        low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
+        verdict = "better" if low > 0 else "worse" if high < 0 else "tie"
+        out.append({**{f: r[f] for f in ("set", "kind", "representation", "pooling", "postprocess", "metric")},
+                    "value": r["value"], "other": theirs[k]["value"],
+                    "diff": round(r["value"] - theirs[k]["value"], 4), "low": round(float(low), 4),
+                    "high": round(float(high), 4), "verdict": verdict})
+    return out
+
+
+MARKS = {"better": " ▲", "worse": " ▼", "tie": ""}
+
+
+def summarize(comparison: list[dict]) -> str:
+    """One line: how many of the model rows (TF-IDF left out) are better, tied, worse, at least as good."""
+    rows = [r for r in comparison if r["representation"] != "tfidf"]
+    n = {v: sum(r["verdict"] == v for r in rows) for v in ("better", "tie", "worse")}
+    point = sum(r["value"] >= r["other"] for r in rows)
+    return (f"{len(rows)} rows: {n['better']} significantly better, {n['tie']} within noise, {n['worse']} "
+            f"significantly worse; {point} at least as good by the point values alone")
+
+
 def format_table(rows: list[dict], previous: list[dict] | None = None) -> str:
     """A markdown table, values x100: one line per set / metric / representation / pooling, one
-    column per post-processing; with ``previous`` (another model's rows), ``new (previous)`` cells."""
-    def key(r: dict) -> tuple:
-        return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
-
+    column per post-processing; with ``previous`` (another model's rows), ``new (previous)`` cells;
+    rows from ``compare`` (they carry "other" and "verdict") print ``new (other)`` with ▲ where the
+    difference is significantly positive and ▼ where it is significantly negative."""
+    key = row_key
     methods = list(dict.fromkeys(r["postprocess"] for r in rows if r["postprocess"] != "-"))
     value = {key(r): r["value"] for r in rows}
     before = {key(r): r["value"] for r in previous or []}
+    before.update({key(r): r["other"] for r in rows if "other" in r})
+    mark = {key(r): MARKS[r["verdict"]] for r in rows if "verdict" in r}
     lines = ["| set | metric (x100) | representation | pooling | " + " | ".join(methods) + " |",
              "|---|---|---|---|" + "---|" * len(methods)]
     for g in dict.fromkeys(key(r)[:4] for r in rows):
@@ -354,7 +480,7 @@ def format_table(rows: list[dict], previous: list[dict] | None = None) -> str:
             k = (*g, m)
             cell = f"{100 * value[k]:.1f}" if k in value else ""
             if k in value and k in before and g[2] != "tfidf":
-                cell += f" ({100 * before[k]:.1f})"
+                cell += f" ({100 * before[k]:.1f})" + mark.get(k, "")
             cells.append(cell)
         cells += [""] * (len(methods) - len(cells))
         lines.append(f"| {g[0]} | {g[1]} | {g[2]} | {g[3]} | " + " | ".join(cells) + " |")

@@ -137,6 +137,10 @@ class Postprocessor:
         k = min(int(k or DEFAULT_K[method]), dim)
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if method == "whiten" and m.n - 1 <= k:
+            logger.warning("whiten with k=%d on %d vectors: every pair comes out equally similar (n vectors "
+                           "whitened onto n-1 or more dimensions form a regular simplex); fit on more than "
+                           "k+1 vectors or use a smaller k", k, m.n)
         vals, vecs = np.linalg.eigh(m.covariance)  # ascending
         order = np.argsort(vals)[::-1][:k]
         comps = vecs[:, order]  # (D, k)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from elmo_dist.cli import main
-from elmo_dist.evaluate import (EvaluateError, evaluate, format_table, rankdata, read_labelled, read_pairs,
-                                sif_weights, spearman)
+from elmo_dist.evaluate import (EvaluateError, LabelledSet, PairSet, compare, evaluate, format_table, rank_rows,
+                                rankdata, read_labelled, read_pairs, row_key, sif_weights, spearman, summarize)
 
 SENTS = ["The cat sat on the mat .", "A dog ran in the park .", "Stocks fell sharply on Monday .",
          "The market rallied late in the day .", "She painted the old fence white .", "Rain is expected tomorrow .",
@@ -61,7 +61,10 @@ def test_pairs_scored_by_the_models_own_cosine(tiny_elmo, tmp_path):
     ps = read_pairs(_write(tmp_path / "own.tsv", ["sentence1", "sentence2", "score"],
                            [(a, b, g) for (a, b), g in zip(pairs, gold)]))
     rows = evaluate(tiny_elmo, [ps], tfidf=False)
-    assert len(rows) == (1 + 3) * 2 * 4  # representations x poolings x post-processings
+    # representations x poolings x post-processings; no whiten: 8 texts cannot fit it (every pair would
+    # come out equally similar, test_similarity.py)
+    assert len(rows) == (1 + 3) * 2 * 3
+    assert "whiten" not in {r["postprocess"] for r in rows}
     by = {(r["representation"], r["pooling"], r["postprocess"]): r["value"] for r in rows}
     assert by[("mix", "mean", "none")] == pytest.approx(1.0, abs=1e-4)
     assert min(by.values()) < 0.99
@@ -99,3 +102,84 @@ def test_cli_one_line_errors_and_json(tiny_dir, tmp_path, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["representation"] for r in rows] == ["mix", "layer0", "layer1", "layer2"]
     assert all(r["set"] == "p" and r["n"] == 6 and not math.isnan(r["value"]) for r in rows)
+
+
+def test_rank_rows_is_rankdata_of_every_row():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 6, size=(50, 17)).astype(float)  # many ties
+    a[3] = 2.0  # a constant row
+    expected = np.stack([rankdata(row) for row in a])
+    assert np.array_equal(rank_rows(a), expected)
+
+
+def _toy_sets(rng, n_pairs=300, n_texts=400):
+    gold = rng.normal(size=n_pairs)
+    ps = PairSet("toy", [f"a{i}" for i in range(n_pairs)], [f"b{i}" for i in range(n_pairs)], gold)
+    labels = np.array(["x", "y", "z"])[rng.integers(0, 3, n_texts)]
+    ls = LabelledSet("cls", [f"t{i}" for i in range(n_texts)], labels, ["x", "y", "z"])
+    return ps, ls
+
+
+def _rows(ps, ls, cos, pred):
+    """Rows and details as ``evaluate`` gives them, for one pair row and one labelled row."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    rows = [{"set": "toy", "kind": "pairs", "representation": "mix", "pooling": "mean", "postprocess": "none",
+             "metric": "spearman", "value": spearman(cos, ps.gold), "n": len(cos)}]
+    for metric, value in (("accuracy", accuracy_score(ls.labels, pred)),
+                          ("macro_f1", f1_score(ls.labels, pred, average="macro"))):
+        rows.append({"set": "cls", "kind": "labelled", "representation": "mix", "pooling": "mean",
+                     "postprocess": "none", "metric": metric, "value": value, "n": len(pred)})
+    return rows, {row_key(r): (cos if r["kind"] == "pairs" else pred) for r in rows}
+
+
+def test_compare_finds_the_better_model_and_calls_a_model_against_itself_a_tie():
+    pytest.importorskip("sklearn")
+    rng = np.random.default_rng(0)
+    ps, ls = _toy_sets(rng)
+    good = _rows(ps, ls, ps.gold + rng.normal(scale=0.5, size=len(ps.gold)),
+                 np.where(rng.random(len(ls.labels)) < 0.8, ls.labels, "x"))
+    bad = _rows(ps, ls, rng.normal(size=len(ps.gold)), np.array(["x", "y", "z"])[rng.integers(0, 3, len(ls.labels))])
+    out = compare(good[0], bad[0], good[1], bad[1], [ps], [ls], resamples=300)
+    assert [r["verdict"] for r in out] == ["better"] * 3
+    for r in out:
+        assert r["low"] <= r["diff"] <= r["high"] and r["diff"] == pytest.approx(r["value"] - r["other"], abs=1e-4)
+    assert [r["verdict"] for r in compare(bad[0], good[0], bad[1], good[1], [ps], [ls], resamples=300)] == \
+        ["worse"] * 3
+    same = compare(good[0], good[0], good[1], good[1], [ps], [ls], resamples=300)
+    assert [(r["verdict"], r["low"], r["high"]) for r in same] == [("tie", 0.0, 0.0)] * 3
+    assert summarize(same).startswith("3 rows: 0 significantly better, 3 within noise, 0 significantly worse")
+    assert "▲" in format_table(out) and "▼" not in format_table(out)
+
+
+def test_compare_resamples_score_like_the_full_metric():
+    """With the identity as the only 'resample', the bootstrap's metric code gives the row's own value."""
+    pytest.importorskip("sklearn")
+    from elmo_dist.evaluate import _resampled
+
+    rng = np.random.default_rng(2)
+    ps, ls = _toy_sets(rng, n_pairs=40, n_texts=60)
+    cos = np.round(rng.normal(size=40), 1)  # ties
+    pred = np.array(["x", "y", "w"])[rng.integers(0, 3, 60)]  # a class the truth never has
+    rows, details = _rows(ps, ls, cos, pred)
+    for r in rows:
+        truth = ps.gold if r["kind"] == "pairs" else ls.labels
+        idx = np.arange(len(truth))[None]
+        got = _resampled(r["metric"], details[row_key(r)], idx, truth, rank_rows(truth[idx]))
+        assert got[0] == pytest.approx(r["value"], abs=1e-12)
+
+
+def test_cli_against_another_model(tiny_dir, tmp_path, capsys):
+    p = _write(tmp_path / "p.tsv", ["sentence1", "sentence2", "score"],
+               [(SENTS[i], SENTS[(i + 3) % 8], i % 4) for i in range(8)])
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--against", str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--pooling", "mean", "--postprocess", "none",
+                 "--no-tfidf", "--against", tiny_dir, "--resamples", "50", "--json", "-"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 4 and all(r["verdict"] == "tie" and r["diff"] == 0 and r["model"] == r["against"]
+                                  for r in rows)
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--pooling", "mean", "--postprocess", "none",
+                 "--no-tfidf", "--against", tiny_dir, "--resamples", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "4 rows: 0 significantly better, 4 within noise, 0 significantly worse" in out

@@ -38,6 +38,20 @@ def test_whiten_gives_identity_covariance(x):
     np.testing.assert_allclose(y.mean(0), 0, atol=1e-4)
 
 
+def test_whiten_on_too_few_vectors_makes_every_pair_equally_similar(x, caplog):
+    """Why `evaluate` leaves such rows out: n vectors whitened onto n-1 dimensions form a regular
+    simplex, so every cosine is -1/(n-1) whatever the vectors were (k > n-1 adds only rounding noise)."""
+    n = 10
+    y = Postprocessor.fit(x[:n], "whiten", k=n - 1).transform(x[:n]).astype(np.float64)
+    cos = (y / np.linalg.norm(y, axis=1, keepdims=True)) @ (y / np.linalg.norm(y, axis=1, keepdims=True)).T
+    off = cos[~np.eye(n, dtype=bool)]
+    np.testing.assert_allclose(off, -1 / (n - 1), atol=1e-3)
+    assert "every pair comes out equally similar" in caplog.text
+    caplog.clear()
+    Postprocessor.fit(x[:50], "whiten", k=8)
+    assert "equally similar" not in caplog.text
+
+
 def test_moments_merge_exactly(x):
     whole = Moments.of(x)
     parts = Moments.of(x[:123]) + Moments.of(x[123:400]) + Moments.of(x[400:])

@@ -39,17 +39,26 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds for labelled sets (default 5)")
     p.add_argument("--no-tfidf", action="store_true", help="leave out the TF-IDF reference rows")
     p.add_argument("--json", metavar="FILE", help="also write every row as JSON ('-' = stdout, then no table)")
+    p.add_argument("--against", metavar="MODEL",
+                   help="compare with another model ('default' = the built-in one): both are scored on the "
+                        "same sets and each row gets a paired bootstrap interval of the difference "
+                        "(▲ significantly better, ▼ significantly worse)")
+    p.add_argument("--resamples", type=int, default=1000,
+                   help="bootstrap resamples for --against (default 1000; 95%% intervals)")
     p.add_argument("--token-budget", type=int, default=None,
                    help=f"max padded tokens per model call (default {DEFAULT_TOKEN_BUDGET} on a CPU, "
                         f"{CUDA_TOKEN_BUDGET} on a GPU)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from elmo_dist.evaluate import EvaluateError, evaluate, format_table, read_labelled, read_pairs
+    from elmo_dist.evaluate import (EvaluateError, compare, evaluate, format_table, read_labelled, read_pairs,
+                                    summarize)
     from elmo_dist.paths import resolve_model
 
     if not args.pairs and not args.labelled:
         raise EvaluateError("nothing to evaluate: give --pairs FILE and/or --labelled FILE")
+    if args.resamples < 10:
+        raise EvaluateError(f"--resamples must be at least 10, got {args.resamples}")
     pairs = [read_pairs(f) for f in args.pairs]  # every file checked before the model loads
     labelled = [read_labelled(f, folds=args.folds) for f in args.labelled]
     from elmo_dist.model.elmo import Elmo
@@ -58,11 +67,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keep_freed_memory()  # this process only computes: reuse freed pages (docs/performance.md)
     model = resolve_model(args.model)
     elmo = Elmo.from_pretrained(model)
-    rows = evaluate(elmo, pairs, labelled, poolings=args.pooling,
-                    postprocess=args.postprocess, folds=args.folds, tfidf=not args.no_tfidf,
-                    token_budget=args.token_budget)
+    other = Elmo.from_pretrained(resolve_model(None if args.against == "default" else args.against)) \
+        if args.against else None  # loaded before any work: a bad path fails fast
+    options = dict(poolings=args.pooling, postprocess=args.postprocess, folds=args.folds,
+                   tfidf=not args.no_tfidf, token_budget=args.token_budget)
+    details: dict = {}
+    rows = evaluate(elmo, pairs, labelled, details=details, **options)
     for r in rows:
         r["model"] = elmo.fingerprint
+    if other is not None:
+        other_details: dict = {}
+        other_rows = evaluate(other, pairs, labelled, details=other_details, **options)
+        rows = compare(rows, other_rows, details, other_details, pairs, labelled, resamples=args.resamples)
+        for r in rows:
+            r["model"], r["against"] = elmo.fingerprint, other.fingerprint
     if args.json:
         text = "".join(json.dumps(r) + "\n" for r in rows)
         if args.json == "-":
@@ -73,6 +91,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         fs, path = storage.filesystem(args.json)
         storage.write_bytes(fs, path, text.encode())
     print(f"model {model} (fingerprint {elmo.fingerprint})")
+    if other is not None:
+        print(f"against {args.against} (fingerprint {other.fingerprint}): cells are 'this (other)'; "
+              f"95% paired bootstrap over the items, {args.resamples} resamples")
+        print(summarize(rows))
     print(format_table(rows))
     return EXIT_OK
 
