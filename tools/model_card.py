@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from elmo_dist.evaluate import format_table
+from elmo_dist.evaluate import format_table, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
@@ -53,7 +53,7 @@ def render(model_dir: str) -> str:
     out = [
         f"# The built-in default model: `{info['name']}`",
         "",
-        "A small ELMo trained from scratch by elmo-dist's own trainer (`elmo-dist train`) on openly",
+        "A small ELMo trained by elmo-dist's own trainer (`elmo-dist train`) on openly",
         "licensed text, shipped inside the package in the official AllenNLP layout. It is what",
         "`Elmo.from_pretrained()` loads with no argument and what the job uses when `--model` is",
         "omitted; `elmo_dist.default_model_path()` returns its directory. It is far smaller and",
@@ -91,10 +91,18 @@ def render(model_dir: str) -> str:
         f"token budget {tr['config']['token_budget']} per batch",
         f"- {tr['steps']:,} steps, {tr['tokens_seen']:,} training tokens seen "
         f"({tr['epochs_completed']} full epoch(s) completed), {tr['training_minutes']} minutes of training on "
-        f"this project's development machine: 2 vCPU (Xeon, AVX-512), no GPU, torch {tr['config'].get('threads', 1)} thread(s), "
-        "shared with other work while it ran",
+        f"this project's development machine: {tr.get('hardware', '2 vCPU (Xeon, AVX-512), no GPU')}, "
+        f"torch {tr['config'].get('threads', 1)} thread(s), shared with other work while it ran",
         f"- held-out perplexity (valid split, {tr['config']['eval_tokens']:,}-token cap, <UNK> counted as a word): "
         f"forward **{last['valid_ppl_forward']}**, backward **{last['valid_ppl_backward']}**",
+    ]
+    init = tr["config"].get("init_from") or ""
+    if init:
+        out.append(f"- warm-started from {'the previous built-in model' if init == 'default' else init}"
+                   + (f" (`{tr['init_fingerprint']}`)" if tr.get("init_fingerprint") else "")
+                   + ": its char-CNN and LSTMs, a new softmax over this corpus's vocabulary")
+    out += [f"- {n}" for n in tr.get("notes", [])]
+    out += [
         "",
         "| step | tokens seen | minutes | valid ppl forward | valid ppl backward |",
         "|---|---|---|---|---|",
@@ -114,7 +122,20 @@ def render(model_dir: str) -> str:
         out.append(f"| **total** | | | | **{total:,}** |")
     rows = _rows(os.path.join(model_dir, "evaluate.jsonl"))
     prev = _rows(os.path.join(model_dir, "evaluate-previous.jsonl"))
-    if rows:
+    paired = bool(rows) and all("verdict" in r for r in rows)  # `elmo-dist evaluate --against`
+    if paired:
+        out += ["", "## `elmo-dist evaluate`", "",
+                "`python tools/evaluate_model.py --write-sets sets/` then `elmo-dist evaluate --pairs sets/lee.tsv "
+                "--labelled sets/rt.tsv --against PREVIOUS --json evaluate.jsonl`: Lee document pairs (Spearman of "
+                "the cosine with the human ratings, 1,225 pairs of 50 news documents) and 6,000 Rotten Tomatoes "
+                "snippets (5-fold cross-validated logistic regression), every representation x pooling x "
+                "post-processing (fitted on each set's own texts; `whiten` needs more texts than Lee's 50); values "
+                f"x100, in parentheses the previous built-in model (`{rows[0].get('against', '?')}`) on the same "
+                "sets, each model with its own word frequencies for `sif`. ▲ / ▼: the 95% interval of a paired "
+                "bootstrap of the difference (1,000 resamples of the pairs or texts, both models on the same "
+                "resamples) lies above / below 0; no mark: within noise.", "",
+                summarize(rows) + ".", ""] + format_table(rows).split("\n")
+    elif rows:
         sif = {r.get("sif_frequencies") for r in rows if r.get("sif_frequencies")}
         out += ["", "## `elmo-dist evaluate`", "",
                 "`python tools/evaluate_model.py --write-sets sets/` then `elmo-dist evaluate --pairs sets/lee.tsv "

@@ -29,7 +29,22 @@ MAX_BYTES = 20 << 20
 DEFAULT_DEST = Path(__file__).resolve().parents[1] / "elmo_dist" / "models" / "default"
 
 
-def package(run_dir: str, dest: str, dtype: str = "float32", corpus: str | None = None) -> dict:
+def machine() -> str:
+    """This machine in a few words (where a model is packaged is where it was trained): CPUs, model, GPU."""
+    import platform
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            name = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), name)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} vCPU ({name}), {gpu}"
+
+
+def package(run_dir: str, dest: str, dtype: str = "float32", corpus: str | None = None,
+            hardware: str | None = None, notes: list[str] | None = None) -> dict:
     state = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=True, map_location="cpu")
     arch = state.get("arch", state["config"]["arch"])
     if arch.startswith("init:"):  # fine-tuned: the architecture of the model it started from
@@ -64,6 +79,8 @@ def package(run_dir: str, dest: str, dtype: str = "float32", corpus: str | None 
             "steps": state["step"], "epochs_completed": state["epoch"], "tokens_seen": state["tokens_seen"],
             "training_minutes": round(state["elapsed"] / 60, 1), "vocab_size": state["config"]["vocab_size"],
             "history": state["history"], "config": state["config"],
+            "hardware": hardware or machine(), "notes": list(notes or []),
+            **({"init_fingerprint": arch.split(":", 1)[1]} if arch.startswith("init:") else {}),
         },
     }
     with atomic_local_path(os.path.join(dest, "model.json")) as tmp, open(tmp, "w") as fh:
@@ -78,8 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--corpus", help="training corpus (train.txt): word counts for frequencies.tsv when the run's "
                                     "export has none")
+    p.add_argument("--hardware", help="what it was trained on, for the card (default: this machine's CPUs and GPU)")
+    p.add_argument("--note", action="append", default=[],
+                   help="a line for the card's training section (how the run went: resumes, changes). Repeatable")
     args = p.parse_args(argv)
-    info = package(args.run, args.dest, args.dtype, args.corpus)
+    info = package(args.run, args.dest, args.dtype, args.corpus, args.hardware, args.note)
     print(json.dumps({k: v for k, v in info.items() if k != "training"}, indent=1))
 
 
