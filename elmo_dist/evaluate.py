@@ -398,12 +398,13 @@ def _resampled(metric: str, items: np.ndarray, idx: np.ndarray, truth: np.ndarra
     """The metric on each resample ``idx`` (B, N) of a row's per-item scores -> (B,)."""
     if metric == "spearman":
         return _row_pearson(rank_rows(items[idx]), truth_ranks)
-    correct = items[idx] == truth[idx]
+    classes = np.unique(np.concatenate([truth, items]))
+    truth, items = np.searchsorted(classes, truth)[idx], np.searchsorted(classes, items)[idx]  # (B, N) codes
     if metric == "accuracy":
-        return correct.mean(axis=1)
+        return (items == truth).mean(axis=1)
     f1s, present = [], []
-    for c in np.unique(np.concatenate([truth, items])):  # macro-F1 over the classes in each resample
-        t, p = truth[idx] == c, items[idx] == c
+    for c in range(len(classes)):  # macro-F1 over the classes in each resample
+        t, p = truth == c, items == c
         tp, fp, fn = (t & p).sum(1), (~t & p).sum(1), (t & ~p).sum(1)
         den = 2 * tp + fp + fn
         f1s.append(np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0))
