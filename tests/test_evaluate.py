@@ -9,7 +9,8 @@ import pytest
 
 from elmo_dist.cli import main
 from elmo_dist.evaluate import (EvaluateError, LabelledSet, PairSet, compare, evaluate, format_table, rank_rows,
-                                rankdata, read_labelled, read_pairs, row_key, sif_weights, spearman, summarize)
+                                rankdata, read_labelled, read_pairs, resample_pairs, row_key, sif_weights, spearman,
+                                summarize)
 
 SENTS = ["The cat sat on the mat .", "A dog ran in the park .", "Stocks fell sharply on Monday .",
          "The market rallied late in the day .", "She painted the old fence white .", "Rain is expected tomorrow .",
@@ -183,3 +184,21 @@ def test_cli_against_another_model(tiny_dir, tmp_path, capsys):
                  "--no-tfidf", "--against", tiny_dir, "--resamples", "50"]) == 0
     out = capsys.readouterr().out
     assert "4 rows: 0 significantly better, 4 within noise, 0 significantly worse" in out
+
+
+def test_pairs_that_share_texts_are_resampled_by_text():
+    """Every pair of 12 documents (like Lee's 50): a resample draws documents, and a pair counts
+    (draws of its first document) x (draws of its second). Pairs of distinct sentences: pairs are drawn."""
+    docs = [f"d{i}" for i in range(12)]
+    a, b = zip(*[(x, y) for i, x in enumerate(docs) for y in docs[i + 1:]])
+    s = PairSet("docs", list(a), list(b), np.arange(len(a), dtype=float))
+    unit, draws = resample_pairs(s, 5, np.random.default_rng(3))
+    assert unit == "texts" and len(draws) == 5
+    rng, code = np.random.default_rng(3), {d: i for i, d in enumerate(sorted(docs))}  # the same draws, by hand
+    for ix in draws:
+        count = np.bincount(rng.integers(0, 12, 12), minlength=12)
+        want = [count[code[x]] * count[code[y]] for x, y in zip(a, b)]
+        assert np.array_equal(np.bincount(ix, minlength=len(a)), want)
+    unique = PairSet("sts", [f"a{i}" for i in range(30)], [f"b{i}" for i in range(30)], np.arange(30.0))
+    unit, draws = resample_pairs(unique, 5, np.random.default_rng(0))
+    assert unit == "pairs" and draws.shape == (5, 30)

@@ -132,8 +132,8 @@ def render(model_dir: str) -> str:
                 "post-processing (fitted on each set's own texts; `whiten` needs more texts than Lee's 50); values "
                 f"x100, in parentheses the previous built-in model (`{rows[0].get('against', '?')}`) on the same "
                 "sets, each model with its own word frequencies for `sif`. ▲ / ▼: the 95% interval of a paired "
-                "bootstrap of the difference (1,000 resamples of the pairs or texts, both models on the same "
-                "resamples) lies above / below 0; no mark: within noise.", "",
+                "bootstrap of the difference (1,000 resamples: Lee's documents, RT's snippets; both models on "
+                "the same resamples; docs/similarity.md) lies above / below 0; no mark: within noise.", "",
                 summarize(rows) + ".", ""] + format_table(rows).split("\n")
     elif rows:
         sif = {r.get("sif_frequencies") for r in rows if r.get("sif_frequencies")}
