@@ -129,6 +129,8 @@ def read_pairs(path: str, name: str | None = None) -> PairSet:
             gold[i] = float(v)
         except (TypeError, ValueError):
             raise EvaluateError(f"{path}: row {i + 1}: score {v!r} is not a number") from None
+        if not np.isfinite(gold[i]):
+            raise EvaluateError(f"{path}: row {i + 1}: score {v!r} is not a finite number")
     if len(a) < 3:
         raise EvaluateError(f"{path}: {len(a)} pairs; a rank correlation needs at least 3")
     return PairSet(name or _stem(path), [str(x) for x in a], [str(x) for x in b], gold)
@@ -259,6 +261,14 @@ def _postprocessed(x: np.ndarray, method: str) -> np.ndarray:
 
 
 # ---- the evaluation ------------------------------------------------------------------------
+def check_names(pairs: Sequence[PairSet], labelled: Sequence[LabelledSet]) -> None:
+    """Rows are keyed by set name (a file's stem): two sets may not share one."""
+    names = [s.name for s in pairs] + [s.name for s in labelled]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise EvaluateError(f"two sets are named {dup[0]!r} (the file name without its extension): rename one")
+
+
 def row_key(r: dict) -> tuple:
     """(set, metric, representation, pooling, postprocess): what a row measures, whichever model."""
     return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
@@ -276,6 +286,7 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
     to fit it (``degenerate``). ``details``, when given, receives each row's per-item scores under
     ``row_key(row)`` (pairs: the cosines, labelled: the out-of-fold predictions), for ``compare``.
     """
+    check_names(pairs, labelled)
     for p in poolings:
         if p not in POOLINGS:
             raise EvaluateError(f"pooling must be one of {', '.join(POOLINGS)}, got {p!r}")
@@ -357,7 +368,7 @@ def evaluate(elmo, pairs: Sequence[PairSet] = (), labelled: Sequence[LabelledSet
         for pooling in poolings:
             for rep, x in reps[pooling].items():
                 for pp in postprocess:
-                    if not usable(s, pp, len(idx), x.shape[1]):
+                    if not usable(s, pp, len(np.unique(idx)), x.shape[1]):
                         continue
                     scores = cross_validate(_postprocessed(x[idx], pp), s.labels, folds, seed)
                     for metric in ("accuracy", "macro_f1"):
@@ -394,14 +405,21 @@ def _row_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (x * y).sum(1) / np.where(den > 0, den, 1.0), 0.0)
 
 
+CHUNK = 100  # resamples scored at once
+
+
 def _resampled(metric: str, items: np.ndarray, idx, truth: np.ndarray, truth_ranks) -> np.ndarray:
     """The metric on each resample of a row's per-item scores -> (B,). ``idx``: (B, N) item indices,
     or (Spearman only) a list of B index arrays of any length with ``truth_ranks`` the matching list."""
     if metric == "spearman":
-        if isinstance(idx, list):
-            return np.array([_row_pearson(rankdata(items[ix])[None], gr[None])[0] if len(ix) else 0.0
+        if isinstance(idx, list):  # NaN where a resample has fewer than 3 pairs: no rank correlation
+            return np.array([_row_pearson(rankdata(items[ix])[None], gr[None])[0] if len(ix) >= 3 else np.nan
                              for ix, gr in zip(idx, truth_ranks)])
-        return _row_pearson(rank_rows(items[idx]), truth_ranks)
+        return np.concatenate([_row_pearson(rank_rows(items[idx[i:i + CHUNK]]), truth_ranks[i:i + CHUNK])
+                               for i in range(0, len(idx), CHUNK)])
+    if len(idx) > CHUNK:  # bounded memory: (CHUNK, N) at a time
+        return np.concatenate([_resampled(metric, items, idx[i:i + CHUNK], truth, None)
+                               for i in range(0, len(idx), CHUNK)])
     classes = np.unique(np.concatenate([truth, items]))
     truth, items = np.searchsorted(classes, truth)[idx], np.searchsorted(classes, items)[idx]  # (B, N) codes
     if metric == "accuracy":
@@ -445,8 +463,9 @@ def compare(rows: list[dict], other: list[dict], details: dict, other_details: d
     verdict: "better" (above 0), "worse" (below 0) or "tie". Post-processing and classifiers stay as
     fitted on the whole set, so only the choice of items varies.
 
-    Returns one dict per shared row: its key fields, "value", "other", "diff", "low", "high",
-    "verdict" and "resampled" (pairs, texts).
+    Returns ``rows``, each row two models share with "other", "diff", "low", "high", "verdict",
+    "resampled" (pairs, texts) and "resamples" added; a row the other model lacks (``whiten`` where
+    only one model's dimension allows it) is kept as it is, and logged.
     """
     rng = np.random.default_rng(seed)
     truth, draws, unit, truth_ranks = {}, {}, {}, {}
@@ -459,21 +478,28 @@ def compare(rows: list[dict], other: list[dict], details: dict, other_details: d
         truth[s.name], unit[s.name] = s.labels, "texts"
         draws[s.name] = rng.integers(0, len(s.labels), (resamples, len(s.labels)))
     theirs = {row_key(r): r for r in other}
-    out = []
+    out, alone = [], []
     for r in rows:
         k = row_key(r)
         if k not in theirs or k not in details or k not in other_details or r["set"] not in truth:
+            out.append(r)
+            alone.append("/".join(k))
             continue
         name, metric = r["set"], r["metric"]
         idx, t = draws[name], truth[name]
         diff = (_resampled(metric, details[k], idx, t, truth_ranks.get(name))
                 - _resampled(metric, other_details[k], idx, t, truth_ranks.get(name)))
-        low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
+        diff = diff[np.isfinite(diff)]  # resamples too small to score are left out
+        low, high = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2]) if len(diff) else (-np.inf, np.inf)
         verdict = "better" if low > 0 else "worse" if high < 0 else "tie"
-        out.append({**{f: r[f] for f in ("set", "kind", "representation", "pooling", "postprocess", "metric")},
-                    "value": r["value"], "other": theirs[k]["value"],
-                    "diff": round(r["value"] - theirs[k]["value"], 4), "low": round(float(low), 4),
-                    "high": round(float(high), 4), "verdict": verdict, "resampled": unit[name]})
+        out.append({**r, "other": theirs[k]["value"], "diff": round(r["value"] - theirs[k]["value"], 4),
+                    "low": round(float(low), 4), "high": round(float(high), 4), "verdict": verdict,
+                    "resampled": unit[name], "resamples": int(len(diff))})
+    missing = {row_key(r) for r in other} - {row_key(r) for r in rows}
+    if alone or missing:
+        logger.warning("not compared: %d row(s) only this model has (%s), %d only the other has (%s)",
+                       len(alone), ", ".join(alone[:3]) or "-", len(missing),
+                       ", ".join("/".join(k) for k in sorted(missing)[:3]) or "-")
     return out
 
 
@@ -482,7 +508,7 @@ MARKS = {"better": " ▲", "worse": " ▼", "tie": ""}
 
 def summarize(comparison: list[dict]) -> str:
     """One line: how many of the model rows (TF-IDF left out) are better, tied, worse, at least as good."""
-    rows = [r for r in comparison if r["representation"] != "tfidf"]
+    rows = [r for r in comparison if r["representation"] != "tfidf" and "verdict" in r]
     n = {v: sum(r["verdict"] == v for r in rows) for v in ("better", "tie", "worse")}
     point = sum(r["value"] >= r["other"] for r in rows)
     return (f"{len(rows)} rows: {n['better']} significantly better, {n['tie']} within noise, {n['worse']} "

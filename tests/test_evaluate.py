@@ -51,6 +51,9 @@ def test_bad_files_are_named_before_any_work(tmp_path):
         read_labelled(_write(tmp_path / "m.tsv", ["text", "label"], [("a", "x"), (" ", "y")]))
     with pytest.raises(EvaluateError, match=r"unknown format"):
         read_pairs(_write(tmp_path / "p.xlsx", ["a"], []))
+    with pytest.raises(EvaluateError, match=r"r\.tsv: row 2: score 'nan' is not a finite number"):
+        read_pairs(_write(tmp_path / "r.tsv", ["sentence1", "sentence2", "score"],
+                          [("a", "b", 1), ("c", "d", "nan"), ("e", "f", 2)]))
 
 
 def test_pairs_scored_by_the_models_own_cosine(tiny_elmo, tmp_path):
@@ -149,6 +152,10 @@ def test_compare_finds_the_better_model_and_calls_a_model_against_itself_a_tie()
         ["worse"] * 3
     same = compare(good[0], good[0], good[1], good[1], [ps], [ls], resamples=300)
     assert [(r["verdict"], r["low"], r["high"]) for r in same] == [("tie", 0.0, 0.0)] * 3
+    lonely = [dict(good[0][0], postprocess="whiten")]  # a row the other model lacks: kept, not compared
+    kept = compare(good[0] + lonely, bad[0], {**good[1], row_key(lonely[0]): good[1][row_key(good[0][0])]}, bad[1],
+                   [ps], [ls], resamples=50)
+    assert kept[-1] == lonely[0] and "verdict" not in kept[-1]
     assert summarize(same).startswith("3 rows: 0 significantly better, 3 within noise, 0 significantly worse")
     assert "▲" in format_table(out) and "▼" not in format_table(out)
 
@@ -179,11 +186,15 @@ def test_cli_against_another_model(tiny_dir, tmp_path, capsys):
                  "--no-tfidf", "--against", tiny_dir, "--resamples", "50", "--json", "-"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and all(r["verdict"] == "tie" and r["diff"] == 0 and r["model"] == r["against"]
-                                  for r in rows)
+                                  and r["n"] == 8 and r["resampled"] == "texts" for r in rows)
     assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--pooling", "mean", "--postprocess", "none",
                  "--no-tfidf", "--against", tiny_dir, "--resamples", "50"]) == 0
     out = capsys.readouterr().out
     assert "4 rows: 0 significantly better, 4 within noise, 0 significantly worse" in out
+    (tmp_path / "sub").mkdir()
+    q = _write(tmp_path / "sub" / "p.tsv", ["sentence1", "sentence2", "score"], [(SENTS[0], SENTS[1], 1)] * 3)
+    assert main(["evaluate", "--model", tiny_dir, "--pairs", p, "--pairs", q]) == 2
+    assert "two sets are named 'p'" in capsys.readouterr().err
 
 
 def test_pairs_that_share_texts_are_resampled_by_text():

@@ -122,18 +122,20 @@ def render(model_dir: str) -> str:
         out.append(f"| **total** | | | | **{total:,}** |")
     rows = _rows(os.path.join(model_dir, "evaluate.jsonl"))
     prev = _rows(os.path.join(model_dir, "evaluate-previous.jsonl"))
-    paired = bool(rows) and all("verdict" in r for r in rows)  # `elmo-dist evaluate --against`
+    paired = [r for r in rows or [] if "verdict" in r]  # `elmo-dist evaluate --against`
     if paired:
+        units = ", ".join(f"{name} by {unit}" for name, unit in dict.fromkeys((r["set"], r["resampled"]) for r in paired))
+        resamples = max(r["resamples"] for r in paired)
         out += ["", "## `elmo-dist evaluate`", "",
                 "`python tools/evaluate_model.py --write-sets sets/` then `elmo-dist evaluate --pairs sets/lee.tsv "
                 "--labelled sets/rt.tsv --against PREVIOUS --json evaluate.jsonl`: Lee document pairs (Spearman of "
                 "the cosine with the human ratings, 1,225 pairs of 50 news documents) and 6,000 Rotten Tomatoes "
                 "snippets (5-fold cross-validated logistic regression), every representation x pooling x "
                 "post-processing (fitted on each set's own texts; `whiten` needs more texts than Lee's 50); values "
-                f"x100, in parentheses the previous built-in model (`{rows[0].get('against', '?')}`) on the same "
+                f"x100, in parentheses the previous built-in model (`{paired[0].get('against', '?')}`) on the same "
                 "sets, each model with its own word frequencies for `sif`. ▲ / ▼: the 95% interval of a paired "
-                "bootstrap of the difference (1,000 resamples: Lee's documents, RT's snippets; both models on "
-                "the same resamples; docs/similarity.md) lies above / below 0; no mark: within noise.", "",
+                f"bootstrap of the difference ({resamples:,} resamples, {units}; both models on the same "
+                "resamples; docs/similarity.md) lies above / below 0; no mark: within noise.", "",
                 summarize(rows) + ".", ""] + format_table(rows).split("\n")
     elif rows:
         sif = {r.get("sif_frequencies") for r in rows if r.get("sif_frequencies")}

@@ -51,16 +51,17 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from elmo_dist.evaluate import (EvaluateError, compare, evaluate, format_table, read_labelled, read_pairs,
-                                    summarize)
+    from elmo_dist.evaluate import (EvaluateError, check_names, compare, evaluate, format_table, read_labelled,
+                                    read_pairs, summarize)
     from elmo_dist.paths import resolve_model
 
     if not args.pairs and not args.labelled:
         raise EvaluateError("nothing to evaluate: give --pairs FILE and/or --labelled FILE")
-    if args.resamples < 10:
+    if args.against and args.resamples < 10:
         raise EvaluateError(f"--resamples must be at least 10, got {args.resamples}")
     pairs = [read_pairs(f) for f in args.pairs]  # every file checked before the model loads
     labelled = [read_labelled(f, folds=args.folds) for f in args.labelled]
+    check_names(pairs, labelled)
     from elmo_dist.model.elmo import Elmo
     from elmo_dist.model.threads import keep_freed_memory
 
