@@ -137,6 +137,13 @@ def render(model_dir: str) -> str:
                 f"bootstrap of the difference ({resamples:,} resamples, {units}; both models on the same "
                 "resamples; docs/similarity.md) lies above / below 0; no mark: within noise.", "",
                 summarize(rows) + ".", ""] + format_table(rows).split("\n")
+        lower = [r for r in paired if r["representation"] != "tfidf" and r["value"] < r["other"]]
+        if lower:
+            out += ["", "Rows where this model's value is below the previous one's, with the 95% interval of the "
+                        "difference (x100):", ""]
+            out += [f"- {r['set']} {r['representation']}/{r['pooling']}/{r['postprocess']} {r['metric']}: "
+                    f"{100 * r['value']:.1f} vs {100 * r['other']:.1f}, difference {100 * r['diff']:+.1f} "
+                    f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}] ({r['verdict']})" for r in lower]
     elif rows:
         sif = {r.get("sif_frequencies") for r in rows if r.get("sif_frequencies")}
         out += ["", "## `elmo-dist evaluate`", "",
