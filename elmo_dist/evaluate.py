@@ -520,7 +520,7 @@ def format_table(rows: list[dict], previous: list[dict] | None = None) -> str:
     column per post-processing; with ``previous`` (another model's rows), ``new (previous)`` cells;
     rows from ``compare`` (they carry "other" and "verdict") print ``new (other)`` with ▲ where the
     difference is significantly positive and ▼ where it is significantly negative."""
-    key = row_key
+    key = row_key  # (set, metric, representation, pooling, postprocess)
     methods = list(dict.fromkeys(r["postprocess"] for r in rows if r["postprocess"] != "-"))
     value = {key(r): r["value"] for r in rows}
     before = {key(r): r["value"] for r in previous or []}

@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from elmo_dist.evaluate import format_table, summarize
+from elmo_dist.evaluate import format_table, row_key, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
@@ -31,15 +31,11 @@ def _rows(path: str) -> list[dict] | None:
     return [json.loads(line) for line in open(path) if line.strip()]
 
 
-def _key(r: dict) -> tuple:
-    return (r["set"], r["metric"], r["representation"], r["pooling"], r["postprocess"])
-
-
-def compare(new: list[dict], old: list[dict]) -> list[tuple]:
+def worse_rows(new: list[dict], old: list[dict]) -> list[tuple]:
     """Rows of `elmo-dist evaluate` where the new model scores below the old one: (key, new, old)."""
-    before = {_key(r): r["value"] for r in old}
-    return [(_key(r), r["value"], before[_key(r)]) for r in new
-            if r["representation"] != "tfidf" and _key(r) in before and r["value"] < before[_key(r)]]
+    before = {row_key(r): r["value"] for r in old}
+    return [(row_key(r), r["value"], before[row_key(r)]) for r in new
+            if r["representation"] != "tfidf" and row_key(r) in before and r["value"] < before[row_key(r)]]
 
 
 def render(model_dir: str) -> str:
@@ -157,7 +153,7 @@ def render(model_dir: str) -> str:
                 + f". SIF word frequencies: {', '.join(sorted(sif)) or '-'} (model = this model's frequencies.tsv)."
                 "", ""] + format_table(rows, prev).split("\n")
         if prev:
-            worse = compare(rows, prev)
+            worse = worse_rows(rows, prev)
             out += ["", f"Rows where this model scores below the previous one: {len(worse)} of "
                         f"{sum(1 for r in rows if r['representation'] != 'tfidf')}."]
     out += ["", "## Evaluation", ""]
