@@ -104,14 +104,17 @@ class _LayerFunction(torch.autograd.Function):
     """One layer of both directions for training, with a hand-written backward through time.
 
     Autograd over the per-step loop records ~15 small ops per step and replays them one by one;
-    this function runs the input-to-gate product as one GEMM per direction, saves only each step's
-    gate activations, cell, ``tanh(cell)`` and ``o * tanh(cell)``, runs the backward as one loop of in-place ops and
-    every weight gradient as one GEMM over all steps. The two directions are independent, so each
-    runs on its own thread (``run_parallel``), as on the inference path. Matrix products run in
-    ``cd`` (their operands are kept in ``cd``: no cast per use); state, activations and the gate
-    arithmetic stay in x's dtype. Same math as ``BiLstmLayer.forward`` under autograd (tests compare
-    outputs and gradients in float64); a clamp's gradient passes where the clamped value is strictly
-    inside the bounds. Padded steps are never computed: their outputs and gradients are 0.
+    this function saves only each step's GEMM operand ``[x_t | h_{t-1}]``, gate activations, cell,
+    ``tanh(cell)`` and ``o * tanh(cell)``, runs the backward as one loop of in-place ops (ATen's fused
+    ``sigmoid_backward`` / ``tanh_backward`` / ``hardtanh_backward`` for the activations and clips) and
+    every weight gradient as one GEMM over all steps. Each step's gates are one GEMM,
+    ``[x_t | h_{t-1}] @ [W_in | W_rec]^T`` (K = 2D), so no (T, B, 4C) input-to-gate product is made,
+    cast and biased in a separate pass. The two directions are independent, so each runs on its own
+    thread (``run_parallel``), as on the inference path. Matrix products run in ``cd`` (their operands
+    are kept in ``cd``: no cast per use); state, activations and the gate arithmetic stay in x's dtype.
+    Same math as ``BiLstmLayer.forward`` under autograd (tests compare outputs and gradients in
+    float64); a clamp's gradient passes where the clamped value is strictly inside the bounds. Padded
+    steps are never computed: their outputs and gradients are 0.
 
     forward(x (2, T, B, D), w_in (2, 4C, D), bias (2, 4C) incl. the forget bias, w_rec (2, 4C, D),
             w_proj (2, D, C), batch_sizes, cell_clip, proj_clip, cd) -> (2, T, B, D)
@@ -121,103 +124,132 @@ class _LayerFunction(torch.autograd.Function):
     def forward(ctx, x, w_in, bias, w_rec, w_proj, batch_sizes, cell_clip, proj_clip, cd):
         two, t_max, b_max, p = x.shape
         c4 = w_in.shape[1]
-        c, dt, n = c4 // 4, x.dtype, t_max * b_max
-        x_c = x.to(cd).contiguous()  # (2, T, B, D) the GEMM operand, saved for dW_in
+        c, dt = c4 // 4, x.dtype
+        xh = x.new_zeros(two, t_max, b_max, 2 * p, dtype=cd)  # (2, T, B, 2D) [x_t | h_{t-1}], h_{-1} = 0
+        xh[..., :p].copy_(x)
         act = x.new_empty(two, t_max, b_max, c4)  # (2, T, B, 4C) sigmoid(i), tanh(j), sigmoid(f), sigmoid(o)
         cells = x.new_empty(two, t_max + 1, b_max, c)  # (2, T+1, B, C) cells[:, t+1] = c_t
         cells[:, 0].zero_()
         tanh_c = x.new_empty(two, t_max, b_max, c)  # (2, T, B, C) tanh(c_t), for the backward
         m_all = x.new_empty(two, t_max, b_max, c, dtype=cd)  # (2, T, B, C) o * tanh(c_t)
         out = x.new_empty(two, t_max, b_max, p)  # (2, T, B, D)
-        pad = [(t, b) for t, b in enumerate(batch_sizes) if b < b_max] + \
-              [(t, 0) for t in range(len(batch_sizes), t_max)]
+        pad = _padded(batch_sizes, t_max, b_max)
+        t_used = len(batch_sizes)
 
         def direction(d: int) -> None:
-            w_rec_t, w_proj_t = w_rec[d].to(cd).t(), w_proj[d].to(cd).t()  # (D, 4C), (C, D)
-            act[d].view(n, c4).copy_(torch.mm(x_c[d].view(n, p), w_in[d].to(cd).t())).add_(bias[d])
+            # [W_in | W_rec] as one (4C, 2D) operand and the bias, the j block doubled (exact, a power of
+            # 2): its activation is then tanh(z) = 2 sigmoid(2z) - 1 from one sigmoid over the whole row.
+            w = torch.cat([w_in[d], w_rec[d]], dim=1)  # (4C, 2D)
+            w[c:2 * c] *= 2
+            w_t = w.to(cd).t()  # (2D, 4C) view of the [out, in] operand
+            b2 = bias[d].clone()  # (4C,)
+            b2[c:2 * c] *= 2
+            w_proj_t = w_proj[d].to(cd).t()  # (C, D)
             for t, b in pad:  # padded rows: never computed, 0 in the output and the saved products
                 out[d, t, b:].zero_()
                 m_all[d, t, b:].zero_()
-            h = x.new_zeros(b_max, p, dtype=cd)  # (B, D)
             m32 = x.new_empty(b_max, c)  # (B, C) o * tanh(c_t) before its cast to cd
             for t, b in enumerate(batch_sizes):
                 z = act[d, t, :b]  # (b, 4C)
-                z.add_(torch.mm(h[:b], w_rec_t))  # mixed dtypes: promoted in the add
-                _sigmoid_gates(z, c)
+                if cd == dt:
+                    torch.addmm(b2, xh[d, t, :b], w_t, out=z)
+                else:
+                    z.copy_(torch.mm(xh[d, t, :b], w_t)).add_(b2)
+                z.sigmoid_()
                 i, j, f, o = z.split(c, dim=-1)
+                j.mul_(2).sub_(1)  # tanh of the (undoubled) pre-activation
                 cell = cells[d, t + 1, :b]  # (b, C)
                 torch.mul(f, cells[d, t, :b], out=cell).addcmul_(i, j)
                 if cell_clip:
                     cell.clamp_(-cell_clip, cell_clip)
                 tc = _tanh(cell, out=tanh_c[d, t, :b])  # (b, C)
                 m = m_all[d, t, :b]  # (b, C)
-                m.copy_(torch.mul(tc, o, out=m32[:b]))
+                if cd == dt:
+                    torch.mul(tc, o, out=m)
+                else:
+                    m.copy_(torch.mul(tc, o, out=m32[:b]))
                 h = torch.mm(m, w_proj_t)  # (b, D) in cd
                 if proj_clip:
                     h.clamp_(-proj_clip, proj_clip)
                 out[d, t, :b] = h
+                if t + 1 < t_used:
+                    nb = batch_sizes[t + 1]
+                    xh[d, t + 1, :nb, p:] = h[:nb]
 
         run_parallel([lambda d=d: direction(d) for d in range(two)])
-        ctx.save_for_backward(x_c, act, cells, tanh_c, m_all, out, w_in, w_rec, w_proj)
+        ctx.save_for_backward(xh, act, cells, tanh_c, m_all, out, w_in, w_rec, w_proj)
         ctx.meta = (batch_sizes, cell_clip, proj_clip, cd, dt)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x_c, act, cells, tanh_c, m_all, out, w_in, w_rec, w_proj = ctx.saved_tensors
+        xh, act, cells, tanh_c, m_all, out, w_in, w_rec, w_proj = ctx.saved_tensors
         batch_sizes, cell_clip, proj_clip, cd, dt = ctx.meta
         two, t_max, b_max, c4 = act.shape
         c, p, n, t_used = c4 // 4, out.shape[-1], t_max * b_max, len(batch_sizes)
+        aten = torch.ops.aten
         grad_out = grad_out.contiguous()
-        g_x = torch.empty_like(x_c, dtype=dt)
+        g_x = out.new_empty(two, t_max, b_max, p)
         g_in, g_rec, g_proj = torch.empty_like(w_in), torch.empty_like(w_rec), torch.empty_like(w_proj)
         g_bias = act.new_zeros(two, c4)
+        pad = _padded(batch_sizes, t_max, b_max)
 
         def direction(d: int) -> None:
             w_in_c, w_rec_c, w_proj_c = w_in[d].to(cd), w_rec[d].to(cd), w_proj[d].to(cd)
-            d_gates = act.new_zeros(t_max, b_max, c4, dtype=cd)  # (T, B, 4C) gate gradients, GEMM operand
-            d_hraw = out.new_zeros(t_max, b_max, p, dtype=cd)  # (T, B, D) at the projection's output
+            d_gates = act.new_empty(t_max, b_max, c4, dtype=cd)  # (T, B, 4C) gate gradients, GEMM operand
+            d_hraw = out.new_empty(t_max, b_max, p, dtype=cd)  # (T, B, D) at the projection's output
+            for t, b in pad:  # padded rows: no gradient
+                d_gates[t, b:].zero_()
+                d_hraw[t, b:].zero_()
             dz = act.new_empty(b_max, c4)  # (B, 4C) this step's gate gradients, in dt
+            tmp = act.new_empty(b_max, c)  # (B, C) scratch
             dh = out.new_zeros(b_max, p, dtype=cd)  # (B, D) from step t+1 through W_rec
             dc = act.new_zeros(b_max, c)  # (B, C) from step t+1 through the cell
-            ones = act.new_ones(b_max, c)  # (B, C)
             gb = g_bias[d]
             for t in range(t_used - 1, -1, -1):
                 b = batch_sizes[t]
-                g = torch.add(grad_out[d, t, :b], dh[:b])  # (b, D)
-                if proj_clip:
-                    g.masked_fill_(out[d, t, :b].abs() >= proj_clip, 0)
-                hr = d_hraw[t, :b]
-                hr.copy_(g)
+                hr = d_hraw[t, :b]  # (b, D)
+                if proj_clip:  # the clamp's gradient: 0 where the output sits on a bound
+                    aten.hardtanh_backward.grad_input(torch.add(grad_out[d, t, :b], dh[:b]), out[d, t, :b],
+                                                      -proj_clip, proj_clip, grad_input=hr)
+                else:
+                    torch.add(grad_out[d, t, :b], dh[:b], out=hr)
                 dm = torch.mm(hr, w_proj_c)  # (b, C) in cd
                 if cd != dt:
                     dm = dm.to(dt)  # once, not in each of the mixed-dtype products below
                 i, j, f, o = act[d, t, :b].split(c, dim=-1)
                 tc, prev = tanh_c[d, t, :b], cells[d, t, :b]  # tanh(c_t), c_{t-1}
-                z = dz[:b]
+                z = d_gates[t, :b] if cd == dt else dz[:b]  # (b, 4C)
                 dz_i, dz_j, dz_f, dz_o = z.split(c, dim=-1)
-                torch.mul(dm, tc, out=dz_o).mul_(torch.addcmul(o, o, o, value=-1))  # dm tanh(c) o(1-o)
+                s = tmp[:b]
+                aten.sigmoid_backward.grad_input(torch.mul(dm, tc, out=s), o, grad_input=dz_o)  # dm tanh(c) o(1-o)
                 dcb = dc[:b]
-                dcb.addcmul_(torch.mul(dm, o), torch.addcmul(ones[:b], tc, tc, value=-1))  # += dm o (1-tanh^2)
+                dcb.add_(aten.tanh_backward.grad_input(torch.mul(dm, o, out=s), tc, grad_input=s))  # dm o (1-tanh^2)
                 if cell_clip:
-                    dcb.masked_fill_(cells[d, t + 1, :b].abs() >= cell_clip, 0)
-                torch.mul(dcb, j, out=dz_i).mul_(torch.addcmul(i, i, i, value=-1))  # dc j i(1-i)
-                torch.mul(dcb, i, out=dz_j).mul_(torch.addcmul(ones[:b], j, j, value=-1))  # dc i (1-j^2)
-                torch.mul(dcb, prev, out=dz_f).mul_(torch.addcmul(f, f, f, value=-1))  # dc c_{t-1} f(1-f)
+                    aten.hardtanh_backward.grad_input(dcb, cells[d, t + 1, :b], -cell_clip, cell_clip,
+                                                      grad_input=dcb)
+                aten.sigmoid_backward.grad_input(torch.mul(dcb, j, out=s), i, grad_input=dz_i)  # dc j i(1-i)
+                aten.tanh_backward.grad_input(torch.mul(dcb, i, out=s), j, grad_input=dz_j)  # dc i (1-j^2)
+                aten.sigmoid_backward.grad_input(torch.mul(dcb, prev, out=s), f, grad_input=dz_f)  # dc c_{t-1} f(1-f)
                 dcb.mul_(f)
                 gb.add_(z.sum(0))
-                dg = d_gates[t, :b]
-                dg.copy_(z)
-                torch.mm(dg, w_rec_c, out=dh[:b])  # (b, D)
+                if cd != dt:
+                    d_gates[t, :b].copy_(z)
+                torch.mm(d_gates[t, :b], w_rec_c, out=dh[:b])  # (b, D)
             dg = d_gates.view(n, c4)
-            h_prev = torch.cat([out.new_zeros(1, b_max, p), out[d, :-1]]).view(n, p).to(cd)  # (T*B, D)
-            g_rec[d] = torch.mm(dg.t(), h_prev)  # (4C, D)
+            g_cat = torch.mm(dg.t(), xh[d].view(n, 2 * p))  # (4C, 2D): [dW_in | dW_rec]
+            g_in[d], g_rec[d] = g_cat[:, :p], g_cat[:, p:]
             g_proj[d] = torch.mm(d_hraw.view(n, p).t(), m_all[d].view(n, c))  # (D, C)
-            g_in[d] = torch.mm(dg.t(), x_c[d].view(n, p))  # (4C, D)
             g_x[d].view(n, p).copy_(torch.mm(dg, w_in_c))  # (T*B, D)
 
         run_parallel([lambda d=d: direction(d) for d in range(two)])
         return g_x, g_in, g_bias, g_rec, g_proj, None, None, None, None
+
+
+def _padded(batch_sizes: list[int], t_max: int, b_max: int) -> list[tuple[int, int]]:
+    """(t, b): steps with padded rows and the first such row (steps past the longest row: 0)."""
+    return [(t, b) for t, b in enumerate(batch_sizes) if b < b_max] + \
+           [(t, 0) for t in range(len(batch_sizes), t_max)]
 
 
 class BiLstmLayer(nn.Module):
