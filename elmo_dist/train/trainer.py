@@ -80,6 +80,40 @@ def build_vocab(sentences: list[list[str]], size: int) -> list[str]:
     return [BOS, EOS, UNK] + [w for w in words if w not in (BOS, EOS, UNK)]
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_n -log softmax(x_n W^T)[target_n], the product in ``cd`` and the softmax in fp32, as one op.
+
+    The same function as ``F.cross_entropy(F.linear(x.to(cd), W.to(cd)).float(), target, reduction="sum")``
+    with fewer passes over the (N, V) logits: the forward keeps the softmax itself (one exp per logit;
+    the loss is ``lse - logit[target]`` with ``lse = max - log(max softmax)``, finite however small the
+    target's probability), and the backward subtracts the one-hot in place and casts once for the two
+    products; no log-softmax output and no zero-filled gradient are made.
+
+    forward(x (N, D), weight (V, D), target (N,) int64, cd) -> () fp32
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, target, cd):
+        x_c, w_c = x.to(cd), weight.to(cd)
+        logits = torch.mm(x_c, w_c.t()).to(torch.promote_types(cd, torch.float32))  # (N, V) >= fp32
+        top = logits.amax(dim=1)  # (N,)
+        p = torch.softmax(logits, dim=1)  # (N, V)
+        lse = top - torch.log(p.amax(dim=1))  # (N,) the max's probability is exp(0) / sum = 1 / sum
+        nll = lse.sum() - logits.gather(1, target[:, None]).sum()
+        ctx.save_for_backward(x_c, w_c, p, target)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_c, w_c, p, target = ctx.saved_tensors
+        p.scatter_add_(1, target[:, None], p.new_full((p.shape[0], 1), -1.0))  # softmax - one-hot, in place
+        g = torch.mul(p, grad, out=torch.empty_like(p, dtype=x_c.dtype))  # (N, V) in cd
+        gx = torch.mm(g, w_c).to(ctx.dtypes[0])  # (N, D)
+        gw = torch.mm(g.t(), x_c).to(ctx.dtypes[1])  # (V, D)
+        return gx, gw, None, None
+
+
 class LMHead(nn.Module):
     """Adaptive softmax over the word vocabulary, shared by both directions."""
 
@@ -93,13 +127,10 @@ class LMHead(nn.Module):
         """h (N, D), target (N,) -> summed negative log-likelihood.
 
         The adaptive softmax's own forward, with its matrix products in ``compute_dtype`` and the
-        log-softmax and the sum in fp32 (torch's module mixes dtypes under autocast)."""
+        softmax and the sum in fp32 (torch's module mixes dtypes under autocast); each cluster's
+        last product and its cross-entropy are one op (``_LinearCrossEntropy``)."""
         sm, x = self.softmax, self.drop(h)
         cd = compute_dtype or x.dtype
-
-        def linear(layer: nn.Linear, v: torch.Tensor) -> torch.Tensor:
-            return torch.nn.functional.linear(v.to(cd), layer.weight.to(cd)).float()
-
         head_class = target.clone()  # (N,) the head's column of each target: the word, or its cluster
         nll = x.new_zeros((), dtype=torch.float32)
         bounds = [0] + sm.cutoffs
@@ -109,10 +140,9 @@ class LMHead(nn.Module):
                 continue
             head_class[rows] = sm.shortlist_size + k - 1
             proj, out = sm.tail[k - 1]
-            logits = linear(out, linear(proj, x.index_select(0, rows)))  # (n_k, cluster size)
-            nll = nll + F.cross_entropy(logits, target[rows] - bounds[k], reduction="sum")
-        head = linear(sm.head, x)  # (N, shortlist + clusters)
-        return nll + F.cross_entropy(head, head_class, reduction="sum")
+            hidden = F.linear(x.index_select(0, rows).to(cd), proj.weight.to(cd))  # (n_k, D / 4^k)
+            nll = nll + _LinearCrossEntropy.apply(hidden, out.weight, target[rows] - bounds[k], cd)
+        return nll + _LinearCrossEntropy.apply(x, sm.head.weight, head_class, cd)
 
 
 class Trainer:
