@@ -2,6 +2,7 @@
 
     python bench/bench_batch.py [--corpus DIR] [--tokens 2000000] [--budgets 4096,8192,16384,8192@0.004]
     python bench/bench_batch.py --minutes 6 --budgets 4096:mini,4096:small-512   # perplexity per CPU time
+    python bench/bench_batch.py --budgets 4096,4096/1000-10000   # the adaptive softmax's cutoffs
 
 A larger batch runs faster per token on a CPU (bigger matrix products, fewer steps) but takes fewer
 optimizer steps for the same text; this measures both sides: every row trains an architecture (the
@@ -31,11 +32,13 @@ CORPUS = os.path.expanduser("~/.cache/elmo-dist/corpus")
 WARMUP_TOKENS = 200 * 4096
 
 
-def run_row(corpus: str, budget: int, lr: float, arch: str, tokens: int, minutes: float, eval_tokens: int) -> dict:
+def run_row(corpus: str, budget: int, lr: float, arch: str, tokens: int, minutes: float, eval_tokens: int,
+            cutoffs: list[int]) -> dict:
     from elmo_dist.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig(corpus=corpus, out=out, arch=arch, token_budget=budget, lr=lr, threads=2, precision="bf16",
+                          cutoffs=cutoffs,
                           eval_tokens=eval_tokens, warmup_steps=max(1, WARMUP_TOKENS // budget), max_minutes=1e6)
         tr = Trainer(cfg)
         order, k, seen, busy, losses = tr._epoch_batches(0), 0, 0, 0.0, []
@@ -47,7 +50,7 @@ def run_row(corpus: str, budget: int, lr: float, arch: str, tokens: int, minutes
             losses.append(loss)
         ppl_f, ppl_b = tr.evaluate()
     params = sum(p.numel() for p in tr.bilm.parameters())
-    return {"budget": budget, "lr": lr, "arch": arch, "params": params, "steps": k, "tokens": seen,
+    return {"budget": budget, "lr": lr, "arch": arch, "cutoffs": cutoffs, "params": params, "steps": k, "tokens": seen,
             "minutes": busy / 60, "tok/s": seen / busy,
             "loss": sum(losses[-20:]) / len(losses[-20:]), "ppl_f": ppl_f, "ppl_b": ppl_b}
 
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default=CORPUS, help="directory with train.txt and valid.txt")
     ap.add_argument("--tokens", type=int, default=2_000_000, help="predicted words per row")
     ap.add_argument("--budgets", default="4096,8192,16384",
-                    help="rows: BUDGET[@LR][:ARCH] (tokens per batch, learning rate, --arch of elmo-dist train)")
+                    help="rows: BUDGET[@LR][/C1-C2][:ARCH] (tokens per batch, learning rate, adaptive-softmax "
+                         "cutoffs, --arch of elmo-dist train)")
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="train each row for this many minutes of steps instead of --tokens words")
     ap.add_argument("--eval-tokens", type=int, default=60000)
@@ -65,9 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.one is not None:  # a child: one row, printed as JSON
         spec, _, arch = args.one.partition(":")
+        spec, _, cut = spec.partition("/")
         budget, _, lr = spec.partition("@")
+        cutoffs = [int(c) for c in cut.split("-")] if cut else TrainConfig(corpus="", out="").cutoffs
         print("ROW " + json.dumps(run_row(args.corpus, int(budget), float(lr or TrainConfig.lr),
-                                          arch or TrainConfig.arch, args.tokens, args.minutes, args.eval_tokens)))
+                                          arch or TrainConfig.arch, args.tokens, args.minutes, args.eval_tokens,
+                                          cutoffs)))
         return 0
     load0, rows = os.getloadavg()[0], []
     for budget in args.budgets.split(","):
@@ -82,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     budget_text = f"{args.minutes:g} minutes of steps" if args.minutes else f"{args.tokens:,} tokens"
     print(f"\ncorpus {args.corpus}; {budget_text} per row; bf16, 2 threads; load average {load0:.2f} at "
           f"start, {os.getloadavg()[0]:.2f} at end; {os.cpu_count()} CPUs\n")
-    print("| arch (biLM parameters) | tokens/batch | lr | steps | tokens | minutes of steps | tokens/s | "
-          "train loss (last 20 steps) | held-out ppl fwd / bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arch (biLM parameters) | tokens/batch | lr | softmax cutoffs | steps | tokens | minutes of steps | "
+          "tokens/s | train loss (last 20 steps) | held-out ppl fwd / bwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} ({r['params'] / 1e6:.1f}M) | {r['budget']} | {r['lr']:g} | {r['steps']} | "
+        cut = " / ".join(f"{c:,}" for c in r["cutoffs"])
+        print(f"| {r['arch']} ({r['params'] / 1e6:.1f}M) | {r['budget']} | {r['lr']:g} | {cut} | {r['steps']} | "
               f"{r['tokens']:,} | {r['minutes']:.1f} | {r['tok/s']:,.0f} | {r['loss']:.3f} | "
               f"{r['ppl_f']:.1f} / {r['ppl_b']:.1f} |")
     return 0
