@@ -175,7 +175,7 @@ class Trainer:
         p = self.opts.lstm.projection_dim
         self.head = LMHead(p, len(self.vocab), cfg.cutoffs, cfg.dropout)
         params = list(self.bilm.parameters()) + list(self.head.parameters())
-        self.optim = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # one kernel for all parameters: 1.5 vs 4.7 ms a step
+        self.optim = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # one kernel for all: 1.5 vs 4.7 ms a step
         self.step, self.epoch, self.cursor, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.history: list[dict] = []
         self._order: list[np.ndarray] | None = None
