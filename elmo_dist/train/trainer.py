@@ -172,14 +172,21 @@ class Trainer:
         if init is not None:  # warm start: the encoder from the model, a new softmax over this corpus's words
             self.bilm.load_state_dict(init.bilm.state_dict())
             logger.info("warm start from %s (fingerprint %s)", cfg.init_from, init.fingerprint)
+        ckpt = self._load_checkpoint()
+        # The softmax's clusters are part of a run's state (as its vocabulary is): a resumed run keeps
+        # the cutoffs it started with, even if the default has changed since.
+        cutoffs = list(ckpt["config"].get("cutoffs", cfg.cutoffs)) if ckpt else list(cfg.cutoffs)
+        if cutoffs != list(cfg.cutoffs):
+            logger.info("resuming with the run's softmax cutoffs %s (the config has %s)", cutoffs, cfg.cutoffs)
+        self.cutoffs = cutoffs
         p = self.opts.lstm.projection_dim
-        self.head = LMHead(p, len(self.vocab), cfg.cutoffs, cfg.dropout)
+        self.head = LMHead(p, len(self.vocab), cutoffs, cfg.dropout)
         params = list(self.bilm.parameters()) + list(self.head.parameters())
         self.optim = torch.optim.Adam(params, lr=cfg.lr, fused=True)  # one kernel for all: 1.5 vs 4.7 ms a step
         self.step, self.epoch, self.cursor, self.tokens_seen, self.elapsed = 0, 0, 0, 0, 0.0
         self.history: list[dict] = []
         self._order: list[np.ndarray] | None = None
-        self._resume()
+        self._resume(ckpt)
         n_params = sum(x.numel() for x in self.bilm.parameters())
         n_tok = sum(len(s) for s in self.train)
         logger.info("arch %s: %.2fM biLM parameters; %d train sentences, %d tokens; vocab %d; %s, %d thread(s)",
@@ -342,16 +349,21 @@ class Trainer:
         state = {"bilm": self.bilm.state_dict(), "head": self.head.state_dict(),
                  "optim": self.optim.state_dict(), "step": self.step, "epoch": self.epoch,
                  "cursor": self.cursor, "tokens_seen": self.tokens_seen, "elapsed": self.elapsed,
-                 "history": self.history, "config": asdict(self.cfg), "arch": self.arch,
+                 "history": self.history, "config": {**asdict(self.cfg), "cutoffs": self.cutoffs},
+                 "arch": self.arch,
                  "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}
         with atomic_local_path(self._ckpt_path()) as tmp:
             torch.save(state, tmp)
         logger.info("checkpoint at step %d (%.1f min of training)", self.step, self.elapsed / 60)
 
-    def _resume(self) -> None:
+    def _load_checkpoint(self) -> dict | None:
         if not os.path.exists(self._ckpt_path()):
+            return None
+        return torch.load(self._ckpt_path(), weights_only=True)
+
+    def _resume(self, state: dict | None) -> None:
+        if state is None:
             return
-        state = torch.load(self._ckpt_path(), weights_only=True)
         arch = state.get("arch", state["config"]["arch"])
         if arch != self.arch:
             raise ValueError(f"checkpoint in {self.cfg.out} is arch {arch}, not {self.arch}: "

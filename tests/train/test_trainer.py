@@ -37,10 +37,12 @@ def test_training_lowers_loss_and_exports(tmp_path):
     live.bilm.load_state_dict(tr.bilm.state_dict())
     np.testing.assert_array_equal(exported.embed_batch(sents)[0], live.embed_batch(sents)[0])
 
-    # Resume: a second run with a larger step budget continues from the checkpoint.
-    cfg2 = TrainConfig(**{**cfg.__dict__, "max_steps": 70})
+    # Resume: a second run with a larger step budget continues from the checkpoint, with the softmax
+    # clusters the run started with even where its config now says otherwise (a changed default).
+    cfg2 = TrainConfig(**{**cfg.__dict__, "max_steps": 70, "cutoffs": [4, 12]})
     tr2 = Trainer(cfg2)
-    assert tr2.step == 60
+    assert tr2.step == 60 and tr2.cutoffs == list(cfg.cutoffs)
+    assert tr2.head.softmax.cutoffs == tr.head.softmax.cutoffs
     tr2.run()
     assert tr2.step == 70
 
