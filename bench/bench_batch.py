@@ -33,13 +33,14 @@ WARMUP_TOKENS = 200 * 4096
 
 
 def run_row(corpus: str, budget: int, lr: float, arch: str, tokens: int, minutes: float, eval_tokens: int,
-            cutoffs: list[int]) -> dict:
+            cutoffs: list[int] | None = None) -> dict:
     from elmo_dist.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:
+        extra = {"cutoffs": cutoffs} if cutoffs else {}  # else the trainer's default
         cfg = TrainConfig(corpus=corpus, out=out, arch=arch, token_budget=budget, lr=lr, threads=2, precision="bf16",
-                          cutoffs=cutoffs,
-                          eval_tokens=eval_tokens, warmup_steps=max(1, WARMUP_TOKENS // budget), max_minutes=1e6)
+                          eval_tokens=eval_tokens, warmup_steps=max(1, WARMUP_TOKENS // budget), max_minutes=1e6,
+                          **extra)
         tr = Trainer(cfg)
         order, k, seen, busy, losses = tr._epoch_batches(0), 0, 0, 0.0, []
         while (seen < tokens) if not minutes else (busy < 60 * minutes):
@@ -50,8 +51,8 @@ def run_row(corpus: str, budget: int, lr: float, arch: str, tokens: int, minutes
             losses.append(loss)
         ppl_f, ppl_b = tr.evaluate()
     params = sum(p.numel() for p in tr.bilm.parameters())
-    return {"budget": budget, "lr": lr, "arch": arch, "cutoffs": cutoffs, "params": params, "steps": k, "tokens": seen,
-            "minutes": busy / 60, "tok/s": seen / busy,
+    return {"budget": budget, "lr": lr, "arch": arch, "cutoffs": tr.cutoffs, "params": params, "steps": k,
+            "tokens": seen, "minutes": busy / 60, "tok/s": seen / busy,
             "loss": sum(losses[-20:]) / len(losses[-20:]), "ppl_f": ppl_f, "ppl_b": ppl_b}
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, _, arch = args.one.partition(":")
         spec, _, cut = spec.partition("/")
         budget, _, lr = spec.partition("@")
-        cutoffs = [int(c) for c in cut.split("-")] if cut else TrainConfig(corpus="", out="").cutoffs
+        cutoffs = [int(c) for c in cut.split("-")] if cut else None
         print("ROW " + json.dumps(run_row(args.corpus, int(budget), float(lr or TrainConfig.lr),
                                           arch or TrainConfig.arch, args.tokens, args.minutes, args.eval_tokens,
                                           cutoffs)))

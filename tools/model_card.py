@@ -120,7 +120,8 @@ def render(model_dir: str) -> str:
     prev = _rows(os.path.join(model_dir, "evaluate-previous.jsonl"))
     paired = [r for r in rows or [] if "verdict" in r]  # `elmo-dist evaluate --against`
     if paired:
-        units = ", ".join(f"{name} by {unit}" for name, unit in dict.fromkeys((r["set"], r["resampled"]) for r in paired))
+        set_units = dict.fromkeys((r["set"], r["resampled"]) for r in paired)  # (set, unit), in row order
+        units = ", ".join(f"{name} by {unit}" for name, unit in set_units)
         resamples = max(r["resamples"] for r in paired)
         out += ["", "## `elmo-dist evaluate`", "",
                 "`python tools/evaluate_model.py --write-sets sets/` then `elmo-dist evaluate --pairs sets/lee.tsv "
